@@ -1,0 +1,1 @@
+"""The thin I/O layer: one epoll reactor, dialing, and the splice pump."""

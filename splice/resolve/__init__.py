@@ -1,0 +1,1 @@
+"""Where a shed's address comes from: static config, shed-server API, metadata files."""

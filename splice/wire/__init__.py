@@ -1,0 +1,1 @@
+"""Sans-IO parsers over bytes: HTTP request heads, TLS ClientHello, PROXY protocol."""
