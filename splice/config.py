@@ -1,0 +1,329 @@
+"""The config file (TOML) -> a frozen ``Config``; every error names its key.
+
+Unknown keys are errors, not warnings: a misspelt ``defualt_port`` silently
+ignored would route to the wrong port. Defaults live here, once, and the README's
+configuration reference lists the same values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from splice.errors import ConfigError
+from splice.routing.names import is_shed_name
+from splice.routing.policy import DeclaredPort, ShedPolicy
+
+#: shed's own convention: the service a shed runs by default listens on 8080
+DEFAULT_PORT = 8080
+#: h11 uses 16 KiB; browsers with large cookies exceed that, nginx allows 4 x 8 KiB
+#: per line. 64 KiB admits every real browser head; bigger gets 431.
+MAX_HEAD = 64 * 1024
+#: long enough for a phone on a bad link, short enough to shed slowloris
+HEAD_TIMEOUT = 10.0
+#: a VM on the host bridge answers a SYN in well under a millisecond; 5 s means it is gone
+CONNECT_TIMEOUT = 5.0
+#: how long a retired upstream may take to finish its last response before it is cut
+RETIRE_TIMEOUT = 5.0
+#: pipes kept for splicing; each pair is 2 fds and only held while bytes are in flight
+PIPE_POOL = 256
+
+LISTEN_MODES = ("http", "tls-passthrough")
+DIAL_MODES = ("direct", "connect")
+RESOLVERS = ("static", "shed-api", "metadata")
+PROXY_VERSIONS = ("v1", "v2")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str
+    port: int
+    mode: str = "http"
+    accept_proxy: tuple[str, ...] = ()
+    send_proxy: str | None = None
+    fallback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShedConfig:
+    name: str
+    address: str | None = None
+    policy: ShedPolicy = field(default_factory=ShedPolicy)
+    dial: str | None = None
+    send_proxy: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    chain: tuple[str, ...] = ("static",)
+    shed_server: str = "http://127.0.0.1:8080"
+    instances_dir: str = "/var/lib/shed/instances"
+    ports_dir: str | None = None
+    ttl: float = 5.0
+    negative_ttl: float = 1.0
+    stale: float = 60.0
+    timeout: float = 2.0
+    cache_size: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    domains: tuple[str, ...]
+    listen: tuple[ListenConfig, ...]
+    sheds: Mapping[str, ShedConfig]
+    default_port: int = DEFAULT_PORT
+    max_head: int = MAX_HEAD
+    head_timeout: float = HEAD_TIMEOUT
+    connect_timeout: float = CONNECT_TIMEOUT
+    retire_timeout: float = RETIRE_TIMEOUT
+    pipe_pool: int = PIPE_POOL
+    access_log: bool = True
+    dial: str = "direct"
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
+
+    def policy(self, shed: str) -> ShedPolicy:
+        sc = self.sheds.get(shed)
+        return sc.policy if sc is not None else _OPEN
+
+
+_OPEN = ShedPolicy()
+_TOP_KEYS = {
+    "domains", "default_port", "max_head", "head_timeout", "connect_timeout",
+    "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
+}  # fmt: skip
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a TOML file. Raises ConfigError naming the bad key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    _no_unknown("", data, _TOP_KEYS)
+    domains = tuple(_domain(f"domains[{i}]", d) for i, d in enumerate(_list(data, "domains")))
+    if not domains:
+        raise ConfigError("domains", "give at least one base domain, e.g. ['srv.example.io']")
+    listen = tuple(_listen(f"listen[{i}]", v) for i, v in enumerate(_list(data, "listen")))
+    if not listen:
+        raise ConfigError("listen", "give at least one [[listen]] table with an address")
+    sheds_raw = data.get("sheds", {})
+    if not isinstance(sheds_raw, dict):
+        raise ConfigError("sheds", "must be a table of [sheds.NAME] tables")
+    sheds = {name: _shed(name, v) for name, v in sheds_raw.items()}
+    dial_raw = data.get("dial", {})
+    if not isinstance(dial_raw, dict):
+        raise ConfigError("dial", "must be a table")
+    _no_unknown("dial", dial_raw, {"mode"})
+    cfg = Config(
+        domains=domains,
+        listen=listen,
+        sheds=sheds,
+        default_port=_port("default_port", data.get("default_port", DEFAULT_PORT)),
+        max_head=_int("max_head", data.get("max_head", MAX_HEAD), 1024, 1 << 20),
+        head_timeout=_seconds("head_timeout", data.get("head_timeout", HEAD_TIMEOUT)),
+        connect_timeout=_seconds("connect_timeout", data.get("connect_timeout", CONNECT_TIMEOUT)),
+        retire_timeout=_seconds("retire_timeout", data.get("retire_timeout", RETIRE_TIMEOUT)),
+        pipe_pool=_int("pipe_pool", data.get("pipe_pool", PIPE_POOL), 0, 65536),
+        access_log=_bool("access_log", data.get("access_log", True)),
+        dial=_choice("dial.mode", dial_raw.get("mode", "direct"), DIAL_MODES),
+        resolver=_resolver(data.get("resolver", {})),
+    )
+    for lc in cfg.listen:
+        if lc.fallback is not None and lc.fallback not in sheds and cfg.resolver.chain == ("static",):
+            raise ConfigError("listen.fallback", f"no shed named {lc.fallback!r}")
+    return cfg
+
+
+def _listen(key: str, v: Any) -> ListenConfig:
+    if not isinstance(v, dict):
+        raise ConfigError(key, "must be a table")
+    _no_unknown(key, v, {"address", "mode", "accept_proxy", "send_proxy", "fallback"})
+    if "address" not in v:
+        raise ConfigError(f"{key}.address", "missing; give host:port, e.g. '127.0.0.1:8081'")
+    host, port = parse_address(f"{key}.address", v["address"])
+    fallback = v.get("fallback")
+    if fallback is not None and not (isinstance(fallback, str) and is_shed_name(fallback)):
+        raise ConfigError(f"{key}.fallback", "must be a shed name")
+    accept = tuple(
+        _cidr(f"{key}.accept_proxy[{i}]", c) for i, c in enumerate(_list(v, "accept_proxy", key))
+    )
+    return ListenConfig(
+        host=host,
+        port=port,
+        mode=_choice(f"{key}.mode", v.get("mode", "http"), LISTEN_MODES),
+        accept_proxy=accept,
+        send_proxy=_opt_choice(f"{key}.send_proxy", v.get("send_proxy"), PROXY_VERSIONS),
+        fallback=fallback,
+    )
+
+
+def _shed(name: str, v: Any) -> ShedConfig:
+    key = f"sheds.{name}"
+    if not is_shed_name(name):
+        raise ConfigError(key, "not a valid shed name (a-z, 0-9, '-', starts with a letter)")
+    if not isinstance(v, dict):
+        raise ConfigError(key, "must be a table")
+    allowed = {"address", "default_port", "tls_port", "ports", "dial", "send_proxy"}
+    _no_unknown(key, v, allowed)
+    address = v.get("address")
+    if address is not None:
+        address = _ip(f"{key}.address", address)
+    ports = tuple(_declared(f"{key}.ports[{i}]", p) for i, p in enumerate(_list(v, "ports", key)))
+    default = v.get("default_port")
+    tls = v.get("tls_port")
+    policy = ShedPolicy(
+        default_port=None if default is None else _port(f"{key}.default_port", default),
+        tls_port=None if tls is None else _port(f"{key}.tls_port", tls),
+        ports=ports,
+    )
+    return ShedConfig(
+        name=name,
+        address=address,
+        policy=policy,
+        dial=_opt_choice(f"{key}.dial", v.get("dial"), DIAL_MODES),
+        send_proxy=_opt_choice(f"{key}.send_proxy", v.get("send_proxy"), PROXY_VERSIONS),
+    )
+
+
+def _declared(key: str, v: Any) -> DeclaredPort:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return DeclaredPort(_port(key, v))
+    if not isinstance(v, dict):
+        raise ConfigError(key, "must be a port number or {port = N, label = '...'}")
+    _no_unknown(key, v, {"port", "label"})
+    if "port" not in v:
+        raise ConfigError(f"{key}.port", "missing")
+    label = v.get("label", "")
+    if not isinstance(label, str):
+        raise ConfigError(f"{key}.label", "must be a string")
+    return DeclaredPort(_port(f"{key}.port", v["port"]), label)
+
+
+def _resolver(v: Any) -> ResolverConfig:
+    if not isinstance(v, dict):
+        raise ConfigError("resolver", "must be a table")
+    allowed = {
+        "chain", "shed_server", "instances_dir", "ports_dir", "ttl", "negative_ttl",
+        "stale", "timeout", "cache_size",
+    }  # fmt: skip
+    _no_unknown("resolver", v, allowed)
+    chain = tuple(
+        _choice(f"resolver.chain[{i}]", c, RESOLVERS)
+        for i, c in enumerate(_list(v, "chain", "resolver") or ["static"])
+    )
+    d = ResolverConfig()
+    server = v.get("shed_server", d.shed_server)
+    if not (isinstance(server, str) and server.startswith("http://")):
+        raise ConfigError("resolver.shed_server", "must be an http:// URL, e.g. http://127.0.0.1:8080")
+    return ResolverConfig(
+        chain=chain,
+        shed_server=server.rstrip("/"),
+        instances_dir=_str("resolver.instances_dir", v.get("instances_dir", d.instances_dir)),
+        ports_dir=None if v.get("ports_dir") is None else _str("resolver.ports_dir", v["ports_dir"]),
+        ttl=_seconds("resolver.ttl", v.get("ttl", d.ttl)),
+        negative_ttl=_seconds("resolver.negative_ttl", v.get("negative_ttl", d.negative_ttl)),
+        stale=_seconds("resolver.stale", v.get("stale", d.stale), zero_ok=True),
+        timeout=_seconds("resolver.timeout", v.get("timeout", d.timeout)),
+        cache_size=_int("resolver.cache_size", v.get("cache_size", d.cache_size), 1, 1 << 20),
+    )
+
+
+def parse_address(key: str, v: Any) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); the host must be an IP literal."""
+    if not isinstance(v, str) or ":" not in v:
+        raise ConfigError(key, "must be 'host:port' or '[v6]:port'")
+    host, _, port_s = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_s.isdigit():
+        raise ConfigError(key, f"port {port_s!r} is not a number")
+    return _ip(key, host), _port(key, int(port_s), zero_ok=True)
+
+
+def _no_unknown(key: str, v: Mapping[str, Any], allowed: set[str]) -> None:
+    for k in v:
+        if k not in allowed:
+            where = f"{key}.{k}" if key else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+
+def _list(v: Mapping[str, Any], k: str, key: str = "") -> list[Any]:
+    x = v.get(k, [])
+    if not isinstance(x, list):
+        raise ConfigError(f"{key}.{k}" if key else k, "must be a list")
+    return x
+
+
+def _domain(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.strip("."):
+        raise ConfigError(key, "must be a domain name such as 'srv.example.io'")
+    d = v.lower().rstrip(".")
+    if any(not part or len(part) > 63 for part in d.split(".")) or " " in d:
+        raise ConfigError(key, f"{v!r} is not a valid domain name")
+    return d
+
+
+def _ip(key: str, v: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ConfigError(key, f"{v!r} is not an IP address") from None
+
+
+def _cidr(key: str, v: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=False))
+    except (ValueError, TypeError):
+        raise ConfigError(key, f"{v!r} is not a CIDR such as '127.0.0.1/32'") from None
+
+
+def _port(key: str, v: Any, zero_ok: bool = False) -> int:
+    lo = 0 if zero_ok else 1
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 65535:
+        raise ConfigError(key, f"{v!r} is not a port number ({lo}-65535)")
+    return v
+
+
+def _int(key: str, v: Any, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ConfigError(key, f"{v!r} must be an integer from {lo} to {hi}")
+    return v
+
+
+def _seconds(key: str, v: Any, zero_ok: bool = False) -> float:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and (v >= 0 if zero_ok else v > 0)
+    if not ok:
+        raise ConfigError(key, f"{v!r} must be a positive number of seconds")
+    return float(v)
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(key, "must be true or false")
+    return v
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(key, "must be a non-empty string")
+    return v
+
+
+def _choice(key: str, v: Any, options: tuple[str, ...]) -> str:
+    if v not in options:
+        raise ConfigError(key, f"{v!r} is not one of {', '.join(options)}")
+    return str(v)
+
+
+def _opt_choice(key: str, v: Any, options: tuple[str, ...]) -> str | None:
+    return None if v is None else _choice(key, v, options)

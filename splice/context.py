@@ -1,0 +1,115 @@
+"""What every connection of one server shares: config, resolvers, reactor, pool, timeouts.
+
+Connections reach their surroundings only through this object, so a reload can
+swap ``cfg`` and ``chain`` atomically: a connection keeps the route it was given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from asyncio import AbstractEventLoop
+from collections import Counter
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from splice.accesslog import AccessLog
+from splice.config import Config
+from splice.io.deadlines import Deadlines
+from splice.io.pipes import PipePool
+from splice.io.reactor import Reactor
+from splice.resolve.chain import ResolverChain
+from splice.routing.policy import DeclaredPort, ShedPolicy
+
+#: how long we keep reading a client after an error page, so a RST does not eat it
+LINGER_TIMEOUT = 2.0
+
+
+class PortsSource(Protocol):
+    def ports(self, shed: str) -> tuple[DeclaredPort, ...] | None: ...
+
+
+class Context:
+    def __init__(
+        self,
+        loop: AbstractEventLoop,
+        cfg: Config,
+        chain: ResolverChain,
+        access: AccessLog | None,
+        ports: PortsSource | None = None,
+    ) -> None:
+        self.loop = loop
+        self.reactor = Reactor(loop)
+        self.pool = PipePool(cfg.pipe_pool)
+        self.access = access
+        self.conns: set[Any] = set()
+        self.stats: Counter[str] = Counter()
+        self.head_deadlines: Deadlines[Any] = Deadlines(cfg.head_timeout, _head_expired)
+        self.connect_deadlines: Deadlines[Any] = Deadlines(cfg.connect_timeout, _connect_expired)
+        self.linger_deadlines: Deadlines[Any] = Deadlines(LINGER_TIMEOUT, _linger_expired)
+        self.retire_deadlines: Deadlines[Any] = Deadlines(cfg.retire_timeout, _retire_expired)
+        self.apply(cfg, chain, ports)
+
+    def apply(self, cfg: Config, chain: ResolverChain, ports: PortsSource | None) -> None:
+        """Install a (new) config; connections already routed keep their upstreams."""
+        self.cfg = cfg
+        self.chain = chain
+        self.ports_source = ports
+        url = urlsplit(cfg.resolver.shed_server)
+        self.shed_server = (url.hostname or "127.0.0.1", url.port or 80)
+        self.shed_server_host = url.netloc
+        self.head_deadlines.timeout = cfg.head_timeout
+        self.connect_deadlines.timeout = cfg.connect_timeout
+        self.retire_deadlines.timeout = cfg.retire_timeout
+
+    def policy(self, shed: str) -> ShedPolicy:
+        policy = self.cfg.policy(shed)
+        if self.ports_source is not None:
+            declared = self.ports_source.ports(shed)
+            if declared is not None:
+                policy = dataclasses.replace(policy, ports=policy.ports + declared)
+        return policy
+
+    def dial_mode(self, shed: str) -> str:
+        sc = self.cfg.sheds.get(shed)
+        return sc.dial if sc is not None and sc.dial else self.cfg.dial
+
+    def track(self, conn: Any) -> None:
+        self.conns.add(conn)
+        self.stats["accepted"] += 1
+
+    def untrack(self, conn: Any) -> None:
+        self.conns.discard(conn)
+        for d in (self.head_deadlines, self.connect_deadlines, self.linger_deadlines):
+            d.discard(conn)
+        self.retire_deadlines.discard(conn)
+        self.stats[conn.outcome] += 1
+        if self.access is not None:
+            ms = (self.loop.time() - conn.t0) * 1000.0
+            self.access.line(
+                conn.peer, conn.host, conn.shed, conn.port, conn.nup, conn.ndown, ms, conn.outcome
+            )
+
+    def sweep(self, now: float) -> None:
+        for d in (
+            self.head_deadlines,
+            self.connect_deadlines,
+            self.linger_deadlines,
+            self.retire_deadlines,
+        ):
+            d.sweep(now)
+
+
+def _head_expired(conn: Any) -> None:
+    conn.on_head_timeout()
+
+
+def _connect_expired(conn: Any) -> None:
+    conn.on_connect_timeout()
+
+
+def _linger_expired(conn: Any) -> None:
+    conn.on_linger_timeout()
+
+
+def _retire_expired(conn: Any) -> None:
+    conn.on_retire_timeout()

@@ -1,0 +1,481 @@
+"""An HTTP client connection: every request routed on its own, bodies spliced by framing.
+
+The client -> VM direction follows HTTP/1.1 framing: read a head, route it, forward
+it, then forward exactly its body (Content-Length: spliced for its length;
+chunked: passed on by its chunk framing), then read the next head. The VM ->
+client direction is a blind splice. A request for the upstream already open goes
+down it; a request for another shed or port first retires the old upstream: its
+write side is shut, its last response flows to the client until the VM closes,
+and only then is the new target dialled. So no response is cut short, even for a
+client that pipelines across sheds; it only waits.
+
+After an Upgrade request the client is not read until the VM answers: ``101``
+turns both directions into a blind splice for good; anything else and request
+parsing goes on. An error answers the request that caused it and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
+from splice.io.flow import BLOCKED, DONE, EOF, Flow
+from splice.pages import render_error
+from splice.relay import Relay
+from splice.resolve.base import Endpoint
+from splice.routing.names import HostName, parse_host
+from splice.routing.route import split_absolute_form, split_port_prefix
+from splice.wire.chunked import ChunkedFraming, State
+from splice.wire.connect_api import parse_connect_response, render_connect_request
+from splice.wire.http_head import Head, parse_head
+
+if TYPE_CHECKING:
+    from splice.context import Context
+
+# what the client side is doing
+READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING = range(7)
+#: bytes read per recv while collecting a head
+_READ = 64 * 1024
+#: client bytes discarded while lingering after an error page, before we give up
+_LINGER_BYTES = 1 << 20
+# (shed, port, address, dial mode): requests with the same key share an upstream
+Key = tuple[str, int, str | None, str]
+
+
+class HttpConn(Relay):
+    __slots__ = (
+        "body_left",
+        "chunk",
+        "handshake",
+        "head",
+        "inbuf",
+        "key",
+        "lingered",
+        "next",
+        "retiring",
+        "state",
+    )
+
+    def __init__(self, ctx: Context, client: socket.socket, peer: tuple[str, int]) -> None:
+        super().__init__(ctx, client, peer)
+        self.inbuf = bytearray()
+        self.state = READ_HEAD
+        self.head: Head | None = None
+        self.body_left = 0
+        self.chunk: ChunkedFraming | None = None
+        self.key: Key | None = None
+        #: (raw head, key, endpoint) waiting for the upstream to open or retire
+        self.next: tuple[bytes, Key, Endpoint] | None = None
+        self.retiring = False
+        self.handshake: bytearray | None = None
+        self.lingered = 0
+        ctx.head_deadlines.add(self, self.t0)
+        self.client_readable()
+
+    # -- the client -> VM direction ---------------------------------------------
+
+    def client_readable(self) -> None:
+        if self.state == CLOSING:
+            self._linger_read()
+            return
+        while not self.closed:
+            st = self.state
+            if st == READ_HEAD:
+                more = self._step_head()
+            elif st == BODY:
+                more = self._step_body()
+            elif st == CHUNKED:
+                more = self._step_chunked()
+            elif st == TUNNEL:
+                more = self._step_tunnel()
+            else:
+                return
+            if not more:
+                return
+
+    def _fill(self) -> bool:
+        """Read client bytes into ``inbuf``; False when there are none for now."""
+        try:
+            data = self.client.recv(_READ)
+        except BlockingIOError:
+            return False
+        if not data:
+            if self.inbuf and self.state == READ_HEAD:
+                self.outcome = "CLIENT_CLOSED"
+                self.close()
+            else:
+                self.on_client_eof()
+            return False
+        if not self.inbuf and self.state == READ_HEAD and self.head is not None:
+            self.ctx.head_deadlines.add(self, self.ctx.loop.time())
+        self.inbuf += data
+        return True
+
+    def _step_head(self) -> bool:
+        head = parse_head(self.inbuf, self.ctx.cfg.max_head) if self.inbuf else None
+        if head is None:
+            return self._fill()
+        del self.inbuf[: head.length]
+        self.ctx.head_deadlines.discard(self)
+        self.head = head
+        self.state = ROUTING
+        self._route(head)
+        return True
+
+    def _step_body(self) -> bool:
+        flow = self.up_flow
+        assert flow is not None
+        if self.inbuf:
+            k = min(self.body_left, len(self.inbuf))
+            flow.write(bytes(self.inbuf[:k]))
+            del self.inbuf[:k]
+            self.body_left -= k
+        if self.body_left == 0:
+            self._end_request()
+            return True
+        if flow.blocked:
+            return False
+        flow.budget = self.body_left
+        r = flow.pump()
+        self.body_left = flow.budget
+        flow.budget = -1
+        if r == DONE:
+            self._end_request()
+            return True
+        if r == EOF:
+            self.on_client_eof()
+        return False
+
+    def _step_chunked(self) -> bool:
+        flow, c = self.up_flow, self.chunk
+        assert flow is not None and c is not None
+        if flow.blocked:
+            return False
+        if self.inbuf:
+            n = c.scan(self.inbuf)
+            if n:
+                flow.write(bytes(self.inbuf[:n]))
+                del self.inbuf[:n]
+            if c.state is State.DONE:
+                self._end_request()
+                return True
+            if self.inbuf:
+                return self._fill()
+        if c.state is State.DATA and c.remaining:
+            flow.budget = before = c.remaining
+            r = flow.pump()
+            c.data_passed(before - flow.budget)
+            flow.budget = -1
+            if r == EOF:
+                self.on_client_eof()
+            return r == DONE
+        return self._fill()
+
+    def _step_tunnel(self) -> bool:
+        flow = self.up_flow
+        assert flow is not None
+        if self.inbuf:
+            data = bytes(self.inbuf)
+            self.inbuf.clear()
+            if not flow.write(data):
+                return False
+        r = flow.pump()
+        if r == EOF:
+            self.on_client_eof()
+        return False
+
+    def _end_request(self) -> None:
+        assert self.head is not None
+        self.chunk = None
+        self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
+
+    # -- routing ----------------------------------------------------------------
+
+    def _route(self, head: Head) -> None:
+        if head.method == b"CONNECT":
+            raise ProtocolError("CONNECT is not relayed to sheds", code="METHOD_NOT_ALLOWED")
+        host = head.host
+        if head.target[:1] != b"/":
+            split = split_absolute_form(head.target)
+            if split is not None:
+                host = split[0].lower()
+        if not host:
+            raise ProtocolError("the request names no host")
+        self.host = host.decode("ascii", "replace")
+        name = parse_host(host, self.ctx.cfg.domains)
+        if self.up_done:
+            # the VM closed this connection; its FIN has gone to the client
+            self.close()
+            return
+        found = self._lookup_now(name)
+        if found is not None:
+            self._routed(*found)
+            return
+        task = self.ctx.loop.create_task(self._lookup(name))
+        task.add_done_callback(self._resolved)
+
+    def _lookup_now(self, name: HostName) -> tuple[str, int | None, Endpoint] | None:
+        chain = self.ctx.chain
+        try:
+            ep = chain.cached(name.shed)
+            return None if ep is None else (name.shed, name.port, ep)
+        except RouteError as e:
+            if e.code != "SHED_NOT_FOUND" or name.alt is None:
+                raise
+        shed, port = name.alt
+        ep = chain.cached(shed)
+        return None if ep is None else (shed, port, ep)
+
+    async def _lookup(self, name: HostName) -> tuple[str, int | None, Endpoint]:
+        chain = self.ctx.chain
+        try:
+            return name.shed, name.port, await chain.resolve(name.shed)
+        except RouteError as e:
+            if e.code != "SHED_NOT_FOUND" or name.alt is None:
+                raise
+        shed, port = name.alt
+        return shed, port, await chain.resolve(shed)
+
+    def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
+        if self.closed:
+            return
+        try:
+            try:
+                self._routed(*task.result())
+            except SpliceError as e:
+                self.fail(e)
+                return
+            self.client_readable()
+        except OSError:
+            self.outcome = "RESET"
+            self.close()
+
+    def _routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
+        head = self.head
+        assert head is not None
+        self.shed = shed
+        raw, port = head.raw, label_port
+        if label_port is None:
+            port, raw = self._path_port(head)
+        port = self.ctx.policy(shed).pick_port(shed, port, self.ctx.cfg.default_port)
+        self.port = port
+        key: Key = (shed, port, ep.address, self.ctx.dial_mode(shed))
+        if self.up is not None and not self.up_done and key == self.key:
+            self._forward_head(raw)
+            return
+        self.next = (raw, key, ep)
+        if self.up is not None:
+            self._retire()
+        else:
+            self._open_upstream()
+
+    @staticmethod
+    def _path_port(head: Head) -> tuple[int | None, bytes]:
+        """A ``/port/N/`` prefix picks N and is stripped from the target sent on."""
+        target = head.target
+        prefix = b""
+        if target[:1] != b"/":
+            split = split_absolute_form(target)
+            if split is None:
+                return None, head.raw
+            prefix = target[: len(target) - len(split[1])]
+            target = split[1]
+        port, rest = split_port_prefix(target)
+        if port is None:
+            return None, head.raw
+        line_end = head.raw.find(b"\r\n")
+        line = b"%s %s%s HTTP/%s" % (head.method, prefix, rest, head.version)
+        return port, line + head.raw[line_end:]
+
+    # -- upstreams ----------------------------------------------------------------
+
+    def _open_upstream(self) -> None:
+        assert self.next is not None
+        _, key, ep = self.next
+        shed, port, address, mode = key
+        if mode == "connect":
+            host, sport = self.ctx.shed_server
+            self.dial(host, sport)
+            self.handshake = bytearray()
+        elif address is None:
+            raise BackendError(
+                f"Shed {shed!r} has no network address; reach it with dial = 'connect'.",
+                code="CONNECT_FAILED",
+                shed=shed,
+                port=port,
+            )
+        else:
+            self.dial(address, port)
+        self.key = key
+
+    def after_connect(self) -> None:
+        assert self.up is not None and self.next is not None
+        if self.handshake is not None:
+            shed, port = self.key[0], self.key[1]  # type: ignore[index]
+            self.up.send(render_connect_request(shed, port, self.ctx.shed_server_host))
+            return
+        self._start_exchange()
+
+    def _start_exchange(self) -> None:
+        assert self.next is not None
+        raw = self.next[0]
+        self.next = None
+        self._forward_head(raw)
+        self.client_readable()
+
+    def _forward_head(self, raw: bytes) -> None:
+        head, flow = self.head, self.up_flow
+        assert head is not None and flow is not None
+        flow.write(raw)
+        if head.chunked:
+            self.chunk = ChunkedFraming()
+            self.state = CHUNKED
+        elif head.content_length:
+            self.body_left = head.content_length
+            self.state = BODY
+        else:
+            self._end_request()
+
+    def _retire(self) -> None:
+        """Shut the old upstream's write side; the next one opens when it has closed."""
+        self.retiring = True
+        assert self.up_flow is not None
+        self.up_flow.finish()
+        self.ctx.retire_deadlines.add(self, self.ctx.loop.time())
+
+    def on_retire_timeout(self) -> None:
+        if self.retiring and not self.closed:
+            self.up_done = True
+            self._retired()
+
+    def _retired(self) -> None:
+        """The old upstream is done and its bytes reached the client: move on."""
+        self.retiring = False
+        self.ctx.retire_deadlines.discard(self)
+        self.drop_upstream()
+        self.up_done = False
+        try:
+            self._open_upstream()
+        except SpliceError as e:
+            self.fail(e)
+
+    def on_upstream_eof(self) -> None:
+        if self.retiring:
+            self.up_done = True
+            if self.down is None or self.down.idle:
+                self._retired()
+            return
+        super().on_upstream_eof()
+
+    def down_writable(self) -> None:
+        down = self.down
+        assert down is not None
+        if not down.on_writable():
+            return
+        if self.state == CLOSING:
+            self._start_linger()
+        elif self.retiring and self.up_done:
+            self._retired()
+        else:
+            if self.up is not None:
+                self.upstream_readable()
+            self.maybe_close()
+
+    def upstream_readable(self) -> None:
+        if self.handshake is not None:
+            self._read_handshake()
+            return
+        if self.state == WAIT_UPGRADE and not self.retiring and not self._peek_upgrade():
+            return
+        super().upstream_readable()
+
+    def _peek_upgrade(self) -> bool:
+        """Look at the VM's answer to an Upgrade request; False until it shows."""
+        assert self.up is not None
+        try:
+            peek = self.up.recv(12, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        if 0 < len(peek) < 12:
+            return False
+        switched = peek[:5] == b"HTTP/" and peek[8:12] == b" 101"
+        self.state = TUNNEL if switched else READ_HEAD
+        self.ctx.loop.call_soon(self._resume)
+        return True
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.on_event(self.cfd, 1)
+
+    def _read_handshake(self) -> None:
+        assert self.up is not None and self.handshake is not None
+        data = self.up.recv(_READ)
+        if not data:
+            raise BackendError("the shed server closed the Connect API request", code="CONNECT_FAILED")
+        self.handshake += data
+        try:
+            result = parse_connect_response(bytes(self.handshake))
+        except SpliceError as e:
+            e.shed, e.port = self.shed, self.port
+            raise
+        if result is None:
+            return
+        self.handshake = None
+        if result[1]:
+            assert self.down is not None
+            self.down.write(result[1])
+        self._start_exchange()
+
+    # -- failures ------------------------------------------------------------------
+
+    def on_head_timeout(self) -> None:
+        if self.state == READ_HEAD and not self.closed:
+            if self.head is None or self.inbuf:
+                self.fail(ProtocolError("the request head did not arrive in time", code="HEAD_TIMEOUT"))
+
+    def fail(self, err: SpliceError) -> None:
+        """Answer the current request with an error page, then close (lingering)."""
+        if self.closed or self.state == CLOSING:
+            return
+        self.outcome = err.code
+        if err.shed is None and self.shed:
+            err.shed = self.shed
+        page = render_error(
+            err,
+            as_json=self.head is not None and self.head.wants_json,
+            link_host=self.host.split(".", 1)[1] if "." in self.host else None,
+        )
+        self.drop_upstream()
+        self.retiring = False
+        self.state = CLOSING
+        out = self.down if self.down is not None else Flow(self.client, self.client, self.ctx.pool)
+        self.down = out
+        out.write(page)
+        out.finish()
+        if not out.blocked:
+            self._start_linger()
+
+    def _start_linger(self) -> None:
+        """Keep reading (and dropping) client bytes so the page is not lost to a RST."""
+        self.ctx.linger_deadlines.add(self, self.ctx.loop.time())
+        self._linger_read()
+
+    def _linger_read(self) -> None:
+        if self.down is not None and self.down.blocked:
+            return
+        while self.lingered < _LINGER_BYTES:
+            try:
+                data = self.client.recv(_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                break
+            if not data:
+                break
+            self.lingered += len(data)
+        self.close()
+
+    def on_linger_timeout(self) -> None:
+        self.close()

@@ -1,0 +1,40 @@
+"""Open a backend connection without blocking and without getaddrinfo.
+
+Backend addresses are IP literals (the bridge address or the shed-server), so the
+socket connects straight to a sockaddr: ``loop.sock_connect`` would resolve the
+name in libuv's thread pool on every call (18 µs, reference/conn-cost). The
+socket is created non-blocking and reports completion as writability.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from splice.errors import BackendError
+
+_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+def open_connection(address: str, port: int) -> socket.socket:
+    """Start connecting to ``address:port``; the socket turns writable when done.
+
+    Raises:
+        BackendError: CONNECT_FAILED when the kernel refuses at once (no route, no fds).
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        sock = socket.socket(family, _FLAGS)
+    except OSError as e:
+        raise BackendError(f"cannot open a socket: {e.strerror}", code="CONNECT_FAILED") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    err = sock.connect_ex((address, port))
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        raise BackendError(f"connect failed: {errno.errorcode.get(err, err)}", code="CONNECT_FAILED")
+    return sock
+
+
+def connect_result(sock: socket.socket) -> int:
+    """0 when the connect finished well, else its errno."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

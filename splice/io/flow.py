@@ -1,0 +1,204 @@
+"""One direction of a relayed connection: bytes from ``src`` to ``dst``.
+
+Small transfers are copied through one shared 64 KiB buffer (``recv_into`` then
+``send``): no pipe, no allocation. The first read that fills the buffer promotes
+the flow to ``os.splice`` through a pipe from the pool, zero-copy from then on.
+A flow holds its pipe only while bytes are in flight, so idle connections hold
+none. When ``dst`` is full the flow stops reading ``src`` (backpressure: memory
+stays bounded whatever the sizes) and resumes from ``on_writable``.
+
+``budget`` caps how much is read from ``src`` (an exact Content-Length body);
+-1 means no cap. Sockets are non-blocking; errors such as a reset propagate as
+``OSError`` to the connection, which closes both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from splice.io.pipes import PIPE_SIZE, PipePool
+
+#: the shared copy buffer: one read that fills it means bulk, so switch to splice
+CHUNK = 64 * 1024
+_BUF = bytearray(CHUNK)
+_MV = memoryview(_BUF)
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+
+# what ``pump`` stopped on
+DRAINED = 0  #: src has nothing more now
+BLOCKED = 1  #: dst is full; wait for on_writable
+EOF = 2  #: src sent FIN (all bytes before it were delivered or are pending)
+DONE = 3  #: the budget is spent
+
+
+class Flow:
+    __slots__ = (
+        "blocked",
+        "budget",
+        "dst",
+        "dst_fd",
+        "in_pipe",
+        "nbytes",
+        "pending",
+        "pipe",
+        "pool",
+        "shut",
+        "splicing",
+        "src",
+        "src_fd",
+    )
+
+    def __init__(self, src: socket.socket, dst: socket.socket, pool: PipePool) -> None:
+        self.src = src
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.pool = pool
+        self.pipe: tuple[int, int] | None = None
+        self.in_pipe = 0
+        self.pending = bytearray()
+        self.blocked = False
+        self.splicing = False
+        self.budget = -1
+        self.nbytes = 0
+        #: dst has been shut for writing (our FIN passed on)
+        self.shut = False
+
+    def pump(self) -> int:
+        """Move bytes until src is drained, dst is full, src ends, or the budget is spent."""
+        if self.blocked:
+            return BLOCKED
+        if self.splicing:
+            r = self._splice()
+            if r >= 0:
+                return r
+        src, dst = self.src, self.dst
+        while True:
+            want = CHUNK if self.budget < 0 else min(self.budget, CHUNK)
+            if want == 0:
+                return DONE
+            try:
+                n = src.recv_into(_BUF, want)
+            except BlockingIOError:
+                return DRAINED
+            if n == 0:
+                return EOF
+            self.nbytes += n
+            if self.budget > 0:
+                self.budget -= n
+            try:
+                sent = dst.send(_MV[:n])
+            except BlockingIOError:
+                sent = 0
+            if sent < n:
+                self.pending += _MV[sent:n]
+                self.blocked = True
+                return BLOCKED
+            if n == CHUNK:
+                self.splicing = True
+                r = self._splice()
+                if r >= 0:
+                    return r
+
+    def _splice(self) -> int:
+        """Splice until something stops us; -1 means no pipe is free: copy instead."""
+        if self.pipe is None:
+            self.pipe = self.pool.take()
+            if self.pipe is None:
+                return -1
+        r, w = self.pipe
+        while True:
+            if self.in_pipe == 0:
+                want = PIPE_SIZE if self.budget < 0 else min(self.budget, PIPE_SIZE)
+                if want == 0:
+                    self._release()
+                    return DONE
+                try:
+                    n = os.splice(self.src_fd, w, want, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    self._release()
+                    return DRAINED
+                if n == 0:
+                    self._release()
+                    return EOF
+                self.in_pipe = n
+                self.nbytes += n
+                if self.budget > 0:
+                    self.budget -= n
+            try:
+                self.in_pipe -= os.splice(r, self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                pass
+            if self.in_pipe:
+                self.blocked = True
+                return BLOCKED
+
+    def _release(self) -> None:
+        if self.pipe is not None and self.in_pipe == 0:
+            self.pool.give(self.pipe, True)
+            self.pipe = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send ``data`` after anything already queued; True when all of it went out."""
+        if self.blocked:
+            self.pending += data
+            return False
+        try:
+            sent = self.dst.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.pending += memoryview(data)[sent:]
+            self.blocked = True
+            return False
+        return True
+
+    def on_writable(self) -> bool:
+        """Flush what dst refused before; True when the flow may pump again."""
+        if not self.blocked:
+            return False
+        if self.in_pipe and self.pipe is not None:
+            try:
+                self.in_pipe -= os.splice(self.pipe[0], self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            if self.in_pipe:
+                return False
+            self._release()
+        if self.pending:
+            try:
+                sent = self.dst.send(self.pending)
+            except BlockingIOError:
+                return False
+            del self.pending[:sent]
+            if self.pending:
+                return False
+        self.blocked = False
+        if self.shut:
+            self._shutdown()
+        return True
+
+    def finish(self) -> None:
+        """Pass src's FIN on to dst once everything queued has been written."""
+        self.shut = True
+        if not self.blocked:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued for dst."""
+        return not self.blocked
+
+    def close(self) -> None:
+        """Give the pipe back (closed if it still holds bytes of this dead connection)."""
+        if self.pipe is not None:
+            self.pool.give(self.pipe, self.in_pipe == 0)
+            self.pipe = None
+            self.in_pipe = 0

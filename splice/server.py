@@ -1,0 +1,219 @@
+"""The server: listeners, the accept policy, and the lifecycle (start, reload, drain, stop).
+
+This is the one module that joins the layers: a listener accepts, a connection
+object (``HttpConn`` or ``TlsConn``) parses, routes, resolves, dials and pumps.
+Accepting follows trio's policy: errnos that concern one connection are skipped;
+running out of fds or memory pauses the listener for ``ACCEPT_BACKOFF`` and logs
+once per ``LOG_EVERY`` seconds, so the accept loop never dies and recovers by
+itself when fds free up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import select
+import socket
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from splice.accesslog import FLUSH_EVERY, AccessLog
+from splice.config import Config, ListenConfig
+from splice.context import Context
+from splice.http_conn import HttpConn
+from splice.resolve.base import Resolver
+from splice.resolve.chain import ResolverChain
+from splice.resolve.static import StaticResolver
+
+log = logging.getLogger("splice")
+
+#: connections accepted per listener wake-up; the listener is level-triggered, so
+#: the rest are taken on the next loop iteration, after other sockets had a turn
+ACCEPT_BATCH = 64
+#: how long a listener rests after EMFILE/ENFILE/ENOBUFS/ENOMEM
+ACCEPT_BACKOFF = 0.1
+#: at most one "out of fds" log line per this many seconds
+LOG_EVERY = 10.0
+#: deadline checks run this often; timeouts are accurate to about this much
+SWEEP_EVERY = 0.05
+#: kernel queue of not-yet-accepted connections (capped by net.core.somaxconn)
+BACKLOG = 4096
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def build_chain(cfg: Config) -> ResolverChain:
+    """Resolvers in ``[resolver] chain`` order, behind the cache."""
+    rc = cfg.resolver
+    resolvers: list[Resolver] = []
+    for kind in rc.chain:
+        if kind == "static":
+            addrs = {n: s.address for n, s in cfg.sheds.items() if s.address is not None}
+            resolvers.append(StaticResolver(addrs))
+        elif kind == "shed-api":
+            from splice.resolve.shed_api import ShedApiResolver
+
+            resolvers.append(ShedApiResolver(rc.shed_server, timeout=rc.timeout))
+        else:
+            from splice.resolve.metadata import MetadataResolver
+
+            resolvers.append(MetadataResolver(rc.instances_dir))
+    return ResolverChain(
+        resolvers,
+        ttl=rc.ttl,
+        negative_ttl=rc.negative_ttl,
+        stale=rc.stale,
+        maxsize=rc.cache_size,
+    )
+
+
+class Listener:
+    """A listening socket in the shared epoll, level-triggered."""
+
+    def __init__(self, ctx: Context, lc: ListenConfig, factory: Callable[..., Any]) -> None:
+        self.ctx = ctx
+        self.config = lc
+        self.factory = factory
+        self.family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted sockets inherit TCP_NODELAY: set once here, not per connection
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((lc.host, lc.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        self.sock = sock
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self._last_log = -LOG_EVERY
+        self.paused = False
+        ctx.reactor.register(sock.fileno(), self, select.EPOLLIN)
+
+    def on_event(self, fd: int, events: int) -> None:
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        family, stream, factory, ctx = self.family, socket.SOCK_STREAM, self.factory, self.ctx
+        for _ in range(ACCEPT_BATCH):
+            try:
+                cfd, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _RESOURCE_ERRNOS:
+                    self._back_off(e)
+                    return
+                continue  # ECONNABORTED, EPROTO, EPERM...: that client's problem only
+            client = socket.socket(family, stream, 0, cfd)
+            client.setblocking(False)
+            factory(ctx, client, addr[:2], self.config)
+
+    def _back_off(self, e: OSError) -> None:
+        now = self.ctx.loop.time()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.warning("accept on %s:%d failed (%s); pausing", *self.address, e.strerror)
+        self.ctx.reactor.unregister(self.sock.fileno())
+        self.paused = True
+        self.ctx.loop.call_later(ACCEPT_BACKOFF, self._resume)
+
+    def _resume(self) -> None:
+        if self.paused and self.sock.fileno() >= 0:
+            self.paused = False
+            self.ctx.reactor.register(self.sock.fileno(), self, select.EPOLLIN)
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.paused = False
+        if self.sock.fileno() >= 0:
+            self.ctx.reactor.unregister(self.sock.fileno())
+            self.sock.close()
+
+
+def _http(ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig) -> Any:
+    return HttpConn(ctx, client, peer)
+
+
+def _factory(mode: str) -> Callable[..., Any]:
+    if mode == "http":
+        return _http
+    from splice.tls_conn import TlsConn
+
+    return TlsConn.accept
+
+
+class Server:
+    def __init__(self, cfg: Config, *, access_stream: TextIO | None = None) -> None:
+        self.cfg = cfg
+        self.access_stream = access_stream
+        self.listeners: list[Listener] = []
+        self.ctx: Context | None = None
+        self._tick: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        raise_fd_limit()
+        cfg = self.cfg
+        access = AccessLog(self.access_stream) if cfg.access_log else None
+        self.ctx = Context(loop, cfg, build_chain(cfg), access)
+        try:
+            for lc in cfg.listen:
+                self.listeners.append(Listener(self.ctx, lc, _factory(lc.mode)))
+        except OSError:
+            for listener in self.listeners:
+                listener.close()
+            raise
+        self._next_flush = loop.time() + FLUSH_EVERY
+        self._tick = loop.call_later(SWEEP_EVERY, self._sweep)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [listener.address for listener in self.listeners]
+
+    def _sweep(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        now = ctx.loop.time()
+        ctx.sweep(now)
+        if ctx.access is not None and now >= self._next_flush:
+            ctx.access.flush()
+            self._next_flush = now + FLUSH_EVERY
+        self._tick = ctx.loop.call_later(SWEEP_EVERY, self._sweep)
+
+    def close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop accepting; let open connections finish for up to ``drain`` s; close the rest."""
+        ctx = self.ctx
+        self.close_listeners()
+        if ctx is None:
+            return
+        deadline = ctx.loop.time() + drain
+        while ctx.conns and ctx.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(ctx.conns):
+            if conn.outcome == "OK":
+                conn.outcome = "SHUTDOWN"
+            conn.close()
+        if self._tick is not None:
+            self._tick.cancel()
+        if ctx.access is not None:
+            ctx.access.flush()
+        await ctx.chain.close()
+        ctx.reactor.close()
+        ctx.pool.close()

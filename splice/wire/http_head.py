@@ -1,0 +1,171 @@
+"""HTTP/1.x request head -> ``Head``: the routing name, the target and the body framing.
+
+Two readers, one answer. A strict scanner (a few regexes over the whole head, in C)
+takes every head it fully understands; anything else (bare-LF line ends, odd
+spacing) goes to h11, the reference parser, and is re-serialised with CRLF so the
+VM never sees bytes we interpreted differently. Differential tests prove that on
+every head the scanner accepts it extracts what h11 extracts.
+
+On top of both, splice is stricter than h11 where a proxy must be (RFC 9112 §6.3,
+request smuggling): obs-fold, Content-Length together with Transfer-Encoding, a
+list or duplicate Content-Length, and any transfer-coding but ``chunked`` get 400.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import h11
+
+from splice.errors import ProtocolError
+
+#: nginx allows 4 x 8 KiB header lines and h11 16 KiB; 64 KiB admits every real
+#: browser head (large cookies included). Bigger gets 431.
+MAX_HEAD = 64 * 1024
+#: 18 digits is h11's bound too: an int64 body length, and no overflow games
+MAX_CL_DIGITS = 18
+
+# request-line = method SP request-target SP HTTP-version   (RFC 9112 §3)
+# method = token ; request-target: visible ASCII (we never accept spaces in it)
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])")
+# field-line = field-name ":" OWS field-value OWS ; one CRLF-terminated line each,
+# field-value chars are HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5). No obs-fold.
+_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+# the fields routing and framing depend on, found in the lower-cased block
+_INTERESTING = re.compile(
+    rb"^(host|content-length|transfer-encoding|connection|upgrade|expect|accept):"
+    rb"[ \t]*([^\r]*?)[ \t]*\r$",
+    re.M,
+)
+_DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
+# h11 ends a head at LF CR? LF; we find the same end to know what the head consumed
+_H11_HEAD_END = re.compile(rb"\n\r?\n")
+
+
+class Head(NamedTuple):
+    method: bytes
+    target: bytes
+    #: b"1.1" or b"1.0"
+    version: bytes
+    #: the Host field (lower-cased), or None when absent
+    host: bytes | None
+    #: body length when framed by Content-Length, else None
+    content_length: int | None
+    chunked: bool
+    #: the client asks to switch protocols (Connection: upgrade + Upgrade)
+    upgrade: bool
+    #: the connection ends after this exchange (Connection: close, or HTTP/1.0)
+    close: bool
+    expect_continue: bool
+    wants_json: bool
+    #: the head as it goes to the VM (the client's bytes on the fast path)
+    raw: bytes
+    #: bytes of the input buffer the head took
+    length: int
+
+
+def parse_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Head | None:
+    """Parse one request head from the start of ``buf``; None until it is complete.
+
+    Raises:
+        ProtocolError: BAD_REQUEST for a malformed or smuggling-prone head,
+            HEAD_TOO_LARGE when the head exceeds ``max_head``.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0 or end > max_head - 4:
+        return _incomplete(buf, max_head)
+    head = bytes(buf[: end + 4])
+    line_end = head.find(b"\r\n")
+    m = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if m is None or _FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
+        return _parse_slow(buf, max_head)
+    fields = _INTERESTING.findall(head[line_end : end + 2].lower())
+    method, target, minor = m.groups()
+    return _interpret(method, target, minor, fields, head, end + 4)
+
+
+def _incomplete(buf: bytes | bytearray, max_head: int) -> Head | None:
+    if _H11_HEAD_END.search(buf, 0, max_head) is not None:
+        return _parse_slow(buf, max_head)
+    if len(buf) >= max_head:
+        raise ProtocolError(f"request head over {max_head} bytes", code="HEAD_TOO_LARGE")
+    return None
+
+
+def _parse_slow(buf: bytes | bytearray, max_head: int) -> Head | None:
+    """The h11 path, for heads the scanner does not take whole."""
+    m = _H11_HEAD_END.search(buf, 0, max_head)
+    if m is None:
+        return _incomplete(buf, max_head)
+    data = bytes(buf[: m.end()])
+    if re.search(rb"\n[ \t]", data):
+        raise ProtocolError("obsolete line folding (obs-fold) is not accepted")
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    try:
+        conn.receive_data(data)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as e:
+        raise ProtocolError(f"malformed request head: {e}") from None
+    if not isinstance(event, h11.Request):
+        raise ProtocolError("malformed request head")
+    minor = event.http_version.split(b".")[1]
+    raw_items = event.headers.raw_items()
+    lines = [b"%s %s HTTP/1.%s\r\n" % (event.method, event.target, minor)]
+    lines += [b"%s: %s\r\n" % (n, v) for n, v in raw_items]
+    lines.append(b"\r\n")
+    fields = [(n.lower(), v.lower()) for n, v in raw_items if n.lower() in _NAMES]
+    return _interpret(event.method, event.target, minor, fields, b"".join(lines), m.end())
+
+
+_NAMES = {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"}
+_NAMES |= {b"expect", b"accept"}
+
+
+def _interpret(
+    method: bytes,
+    target: bytes,
+    minor: bytes,
+    fields: list[tuple[bytes, bytes]],
+    raw: bytes,
+    length: int,
+) -> Head:
+    host: bytes | None = None
+    cl: int | None = None
+    chunked = has_upgrade = conn_upgrade = close = expect = wants_json = False
+    seen_te = False
+    for name, value in fields:
+        if name == b"host":
+            if host is not None:
+                raise ProtocolError("more than one Host field")
+            host = value
+        elif name == b"content-length":
+            if cl is not None or _DIGITS.fullmatch(value) is None:
+                raise ProtocolError("Content-Length must be one decimal number")
+            cl = int(value)
+        elif name == b"transfer-encoding":
+            if seen_te or value != b"chunked":
+                raise ProtocolError("only a single 'Transfer-Encoding: chunked' is accepted")
+            seen_te = chunked = True
+        elif name == b"connection":
+            tokens = {t.strip() for t in value.split(b",")}
+            close = close or b"close" in tokens
+            conn_upgrade = conn_upgrade or b"upgrade" in tokens
+        elif name == b"upgrade":
+            has_upgrade = True
+        elif name == b"expect":
+            expect = value == b"100-continue"
+        else:
+            wants_json = wants_json or b"application/json" in value
+    if chunked and cl is not None:
+        raise ProtocolError("both Content-Length and Transfer-Encoding: smuggling risk")
+    if minor == b"0":
+        if chunked:
+            raise ProtocolError("Transfer-Encoding is not allowed in HTTP/1.0")
+        close = True
+    elif host is None:
+        raise ProtocolError("HTTP/1.1 request without a Host field")
+    return Head(
+        method, target, b"1." + minor, host, cl, chunked, has_upgrade and conn_upgrade,
+        close, expect, wants_json, raw, length,
+    )  # fmt: skip
