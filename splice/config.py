@@ -139,7 +139,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         resolver=_resolver(data.get("resolver", {})),
     )
     for lc in cfg.listen:
-        if lc.fallback is not None and lc.fallback not in sheds and cfg.resolver.chain == ("static",):
+        if (
+            lc.fallback is not None
+            and lc.fallback not in sheds
+            and cfg.resolver.chain == ("static",)
+        ):
             raise ConfigError("listen.fallback", f"no shed named {lc.fallback!r}")
     return cfg
 
@@ -224,12 +228,16 @@ def _resolver(v: Any) -> ResolverConfig:
     d = ResolverConfig()
     server = v.get("shed_server", d.shed_server)
     if not (isinstance(server, str) and server.startswith("http://")):
-        raise ConfigError("resolver.shed_server", "must be an http:// URL, e.g. http://127.0.0.1:8080")
+        raise ConfigError(
+            "resolver.shed_server", "must be an http:// URL, e.g. http://127.0.0.1:8080"
+        )
     return ResolverConfig(
         chain=chain,
         shed_server=server.rstrip("/"),
         instances_dir=_str("resolver.instances_dir", v.get("instances_dir", d.instances_dir)),
-        ports_dir=None if v.get("ports_dir") is None else _str("resolver.ports_dir", v["ports_dir"]),
+        ports_dir=None
+        if v.get("ports_dir") is None
+        else _str("resolver.ports_dir", v["ports_dir"]),
         ttl=_seconds("resolver.ttl", v.get("ttl", d.ttl)),
         negative_ttl=_seconds("resolver.negative_ttl", v.get("negative_ttl", d.negative_ttl)),
         stale=_seconds("resolver.stale", v.get("stale", d.stale), zero_ok=True),

@@ -16,22 +16,21 @@ parsing goes on. An error answers the request that caused it and closes.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import TYPE_CHECKING
 
-from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
-from splice.io.flow import BLOCKED, DONE, EOF, Flow
+from splice.errors import ProtocolError, SpliceError
+from splice.io.flow import DONE, EOF, Flow
 from splice.pages import render_error
-from splice.relay import Relay
+from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
-from splice.routing.names import HostName, parse_host
+from splice.routing.names import parse_host
 from splice.routing.route import split_absolute_form, split_port_prefix
 from splice.wire.chunked import ChunkedFraming, State
-from splice.wire.connect_api import parse_connect_response, render_connect_request
 from splice.wire.http_head import Head, parse_head
 
 if TYPE_CHECKING:
+    from splice.config import ListenConfig
     from splice.context import Context
 
 # what the client side is doing
@@ -40,36 +39,32 @@ READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING = range(7)
 _READ = 64 * 1024
 #: client bytes discarded while lingering after an error page, before we give up
 _LINGER_BYTES = 1 << 20
-# (shed, port, address, dial mode): requests with the same key share an upstream
-Key = tuple[str, int, str | None, str]
 
 
 class HttpConn(Relay):
     __slots__ = (
         "body_left",
         "chunk",
-        "handshake",
         "head",
         "inbuf",
-        "key",
         "lingered",
         "next",
         "retiring",
         "state",
     )
 
-    def __init__(self, ctx: Context, client: socket.socket, peer: tuple[str, int]) -> None:
-        super().__init__(ctx, client, peer)
+    def __init__(
+        self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
+    ) -> None:
+        super().__init__(ctx, client, peer, lc)
         self.inbuf = bytearray()
         self.state = READ_HEAD
         self.head: Head | None = None
         self.body_left = 0
         self.chunk: ChunkedFraming | None = None
-        self.key: Key | None = None
         #: (raw head, key, endpoint) waiting for the upstream to open or retire
         self.next: tuple[bytes, Key, Endpoint] | None = None
         self.retiring = False
-        self.handshake: bytearray | None = None
         self.lingered = 0
         ctx.head_deadlines.add(self, self.t0)
         self.client_readable()
@@ -209,50 +204,13 @@ class HttpConn(Relay):
             # the VM closed this connection; its FIN has gone to the client
             self.close()
             return
-        found = self._lookup_now(name)
-        if found is not None:
-            self._routed(*found)
-            return
-        task = self.ctx.loop.create_task(self._lookup(name))
-        task.add_done_callback(self._resolved)
+        found = self.lookup_now(name)
+        if found is None:
+            self.resolve_then(name)
+        else:
+            self.routed(*found)
 
-    def _lookup_now(self, name: HostName) -> tuple[str, int | None, Endpoint] | None:
-        chain = self.ctx.chain
-        try:
-            ep = chain.cached(name.shed)
-            return None if ep is None else (name.shed, name.port, ep)
-        except RouteError as e:
-            if e.code != "SHED_NOT_FOUND" or name.alt is None:
-                raise
-        shed, port = name.alt
-        ep = chain.cached(shed)
-        return None if ep is None else (shed, port, ep)
-
-    async def _lookup(self, name: HostName) -> tuple[str, int | None, Endpoint]:
-        chain = self.ctx.chain
-        try:
-            return name.shed, name.port, await chain.resolve(name.shed)
-        except RouteError as e:
-            if e.code != "SHED_NOT_FOUND" or name.alt is None:
-                raise
-        shed, port = name.alt
-        return shed, port, await chain.resolve(shed)
-
-    def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
-        if self.closed:
-            return
-        try:
-            try:
-                self._routed(*task.result())
-            except SpliceError as e:
-                self.fail(e)
-                return
-            self.client_readable()
-        except OSError:
-            self.outcome = "RESET"
-            self.close()
-
-    def _routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
+    def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
         head = self.head
         assert head is not None
         self.shed = shed
@@ -269,7 +227,7 @@ class HttpConn(Relay):
         if self.up is not None:
             self._retire()
         else:
-            self._open_upstream()
+            self._open_next()
 
     @staticmethod
     def _path_port(head: Head) -> tuple[int | None, bytes]:
@@ -291,31 +249,15 @@ class HttpConn(Relay):
 
     # -- upstreams ----------------------------------------------------------------
 
-    def _open_upstream(self) -> None:
+    def _open_next(self) -> None:
         assert self.next is not None
-        _, key, ep = self.next
-        shed, port, address, mode = key
-        if mode == "connect":
-            host, sport = self.ctx.shed_server
-            self.dial(host, sport)
-            self.handshake = bytearray()
-        elif address is None:
-            raise BackendError(
-                f"Shed {shed!r} has no network address; reach it with dial = 'connect'.",
-                code="CONNECT_FAILED",
-                shed=shed,
-                port=port,
-            )
-        else:
-            self.dial(address, port)
-        self.key = key
+        self.open_upstream(self.next[1])
 
-    def after_connect(self) -> None:
-        assert self.up is not None and self.next is not None
-        if self.handshake is not None:
-            shed, port = self.key[0], self.key[1]  # type: ignore[index]
-            self.up.send(render_connect_request(shed, port, self.ctx.shed_server_host))
-            return
+    def upstream_ready(self) -> None:
+        preamble = self.proxy_preamble(None)
+        if preamble:
+            assert self.up_flow is not None
+            self.up_flow.write(preamble)
         self._start_exchange()
 
     def _start_exchange(self) -> None:
@@ -357,7 +299,7 @@ class HttpConn(Relay):
         self.drop_upstream()
         self.up_done = False
         try:
-            self._open_upstream()
+            self._open_next()
         except SpliceError as e:
             self.fail(e)
 
@@ -384,10 +326,8 @@ class HttpConn(Relay):
             self.maybe_close()
 
     def upstream_readable(self) -> None:
-        if self.handshake is not None:
-            self._read_handshake()
-            return
-        if self.state == WAIT_UPGRADE and not self.retiring and not self._peek_upgrade():
+        waiting = self.state == WAIT_UPGRADE and self.handshake is None and not self.retiring
+        if waiting and not self._peek_upgrade():
             return
         super().upstream_readable()
 
@@ -409,31 +349,11 @@ class HttpConn(Relay):
         if not self.closed:
             self.on_event(self.cfd, 1)
 
-    def _read_handshake(self) -> None:
-        assert self.up is not None and self.handshake is not None
-        data = self.up.recv(_READ)
-        if not data:
-            raise BackendError("the shed server closed the Connect API request", code="CONNECT_FAILED")
-        self.handshake += data
-        try:
-            result = parse_connect_response(bytes(self.handshake))
-        except SpliceError as e:
-            e.shed, e.port = self.shed, self.port
-            raise
-        if result is None:
-            return
-        self.handshake = None
-        if result[1]:
-            assert self.down is not None
-            self.down.write(result[1])
-        self._start_exchange()
-
     # -- failures ------------------------------------------------------------------
 
     def on_head_timeout(self) -> None:
-        if self.state == READ_HEAD and not self.closed:
-            if self.head is None or self.inbuf:
-                self.fail(ProtocolError("the request head did not arrive in time", code="HEAD_TIMEOUT"))
+        if self.state == READ_HEAD and not self.closed and (self.head is None or self.inbuf):
+            self.fail(ProtocolError("the request head did not arrive in time", code="HEAD_TIMEOUT"))
 
     def fail(self, err: SpliceError) -> None:
         """Answer the current request with an error page, then close (lingering)."""

@@ -12,16 +12,28 @@ nothing is queued, or at once when either side resets.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import select
 import socket
 from typing import TYPE_CHECKING
 
-from splice.errors import BackendError, SpliceError
+from splice.errors import BackendError, RouteError, SpliceError
 from splice.io.dial import connect_result, open_connection
 from splice.io.flow import EOF, Flow
+from splice.resolve.base import Endpoint
+from splice.routing.names import HostName
+from splice.wire.connect_api import parse_connect_response, render_connect_request
+from splice.wire.proxy_header import PP2Type, encode_v1, encode_v2
 
 if TYPE_CHECKING:
+    from splice.config import ListenConfig
     from splice.context import Context
+
+#: bytes read per recv from the shed-server while its Connect API answer arrives
+_HANDSHAKE_READ = 16 * 1024
+# (shed, port, address, dial mode): requests with the same key can share an upstream
+Key = tuple[str, int, str | None, str]
 
 _OUT = select.EPOLLOUT
 _NOT_OUT = ~select.EPOLLOUT
@@ -29,6 +41,7 @@ _NOT_OUT = ~select.EPOLLOUT
 
 class Relay:
     __slots__ = (
+        "cfd",
         "client",
         "client_done",
         "closed",
@@ -36,14 +49,16 @@ class Relay:
         "ctx",
         "down",
         "dst",
+        "handshake",
         "host",
+        "key",
+        "lc",
         "ndown",
         "nup",
         "outcome",
         "peer",
         "port",
         "shed",
-        "cfd",
         "t0",
         "ufd",
         "up",
@@ -51,8 +66,14 @@ class Relay:
         "up_flow",
     )
 
-    def __init__(self, ctx: Context, client: socket.socket, peer: tuple[str, int]) -> None:
+    def __init__(
+        self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
+    ) -> None:
         self.ctx = ctx
+        self.lc = lc
+        self.key: Key | None = None
+        #: the shed-server's Connect API answer while it arrives; None otherwise
+        self.handshake: bytearray | None = None
         self.client = client
         self.cfd = client.fileno()
         self.peer = peer
@@ -104,6 +125,9 @@ class Relay:
         raise NotImplementedError
 
     def upstream_readable(self) -> None:
+        if self.handshake is not None:
+            self._read_handshake()
+            return
         down = self.down
         if down is not None and down.pump() == EOF:
             self.on_upstream_eof()
@@ -165,6 +189,109 @@ class Relay:
         )
 
     def after_connect(self) -> None:
+        assert self.up is not None and self.key is not None
+        if self.handshake is not None:
+            shed, port = self.key[0], self.key[1]
+            self.up.send(render_connect_request(shed, port, self.ctx.shed_server_host))
+            return
+        self.upstream_ready()
+
+    def upstream_ready(self) -> None:
+        """The VM end is open (TCP, or a Connect API stream): start the exchange."""
+        raise NotImplementedError
+
+    def _read_handshake(self) -> None:
+        assert self.up is not None and self.handshake is not None
+        data = self.up.recv(_HANDSHAKE_READ)
+        self.handshake += data
+        try:
+            result = parse_connect_response(bytes(self.handshake), eof=not data)
+        except SpliceError as e:
+            e.shed, e.port = self.shed, self.port
+            raise
+        if result is None:
+            return
+        self.handshake = None
+        if result[1]:
+            assert self.down is not None
+            self.down.write(result[1])
+        self.upstream_ready()
+
+    def open_upstream(self, key: Key) -> None:
+        """Dial ``key``'s VM directly, or through the shed-server's Connect API."""
+        shed, port, address, mode = key
+        self.key = key
+        if mode == "connect":
+            self.dial(*self.ctx.shed_server)
+            self.handshake = bytearray()
+        elif address is None:
+            raise BackendError(
+                f"Shed {shed!r} has no network address; reach it with dial = 'connect'.",
+                code="CONNECT_FAILED",
+                shed=shed,
+                port=port,
+            )
+        else:
+            self.dial(address, port)
+
+    def proxy_preamble(self, server_name: str | None) -> bytes:
+        """The PROXY header for the VM, when the listener or the shed asks for one."""
+        sc = self.ctx.cfg.sheds.get(self.shed)
+        version = (sc.send_proxy if sc is not None else None) or self.lc.send_proxy
+        if version is None:
+            return b""
+        local = self.client.getsockname()[:2]
+        src, dst = _unmap(self.peer), _unmap(local)
+        if version == "v1":
+            return encode_v1(src, dst)
+        tlvs = [(PP2Type.AUTHORITY, server_name.encode())] if server_name else []
+        return encode_v2(src, dst, tlvs)
+
+    # -- names ----------------------------------------------------------------
+
+    def lookup_now(self, name: HostName) -> tuple[str, int | None, Endpoint] | None:
+        """Resolve without I/O (cache, static): the shed, then its NAME-PORT reading."""
+        chain = self.ctx.chain
+        try:
+            ep = chain.cached(name.shed)
+            return None if ep is None else (name.shed, name.port, ep)
+        except RouteError as e:
+            if e.code != "SHED_NOT_FOUND" or name.alt is None:
+                raise
+        shed, port = name.alt
+        ep = chain.cached(shed)
+        return None if ep is None else (shed, port, ep)
+
+    async def lookup(self, name: HostName) -> tuple[str, int | None, Endpoint]:
+        chain = self.ctx.chain
+        try:
+            return name.shed, name.port, await chain.resolve(name.shed)
+        except RouteError as e:
+            if e.code != "SHED_NOT_FOUND" or name.alt is None:
+                raise
+        shed, port = name.alt
+        return shed, port, await chain.resolve(shed)
+
+    def resolve_then(self, name: HostName) -> None:
+        """A cache miss: the one place a connection starts a Task, and only on a miss."""
+        task = self.ctx.loop.create_task(self.lookup(name))
+        task.add_done_callback(self._resolved)
+
+    def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
+        if self.closed:
+            return
+        try:
+            try:
+                self.routed(*task.result())
+            except SpliceError as e:
+                self.fail(e)
+                return
+            self.client_readable()
+        except OSError:
+            self.outcome = "RESET"
+            self.close()
+
+    def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
         raise NotImplementedError
 
     def drop_upstream(self) -> None:
@@ -181,6 +308,7 @@ class Relay:
         self.up = None
         self.ufd = -1
         self.connecting = False
+        self.handshake = None
 
     # -- ends -----------------------------------------------------------------
 
@@ -232,3 +360,11 @@ class Relay:
         self.ctx.reactor.forget(self.cfd)
         self.client.close()
         self.ctx.untrack(self)
+
+
+def _unmap(addr: tuple[str, int]) -> tuple[str, int]:
+    """Report an IPv4-mapped IPv6 peer as the IPv4 address it is."""
+    ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped), addr[1]
+    return str(ip), addr[1]

@@ -143,7 +143,7 @@ class Listener:
 
 
 def _http(ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig) -> Any:
-    return HttpConn(ctx, client, peer)
+    return HttpConn(ctx, client, peer, lc)
 
 
 def _factory(mode: str) -> Callable[..., Any]:

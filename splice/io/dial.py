@@ -31,7 +31,9 @@ def open_connection(address: str, port: int) -> socket.socket:
     err = sock.connect_ex((address, port))
     if err not in (0, errno.EINPROGRESS):
         sock.close()
-        raise BackendError(f"connect failed: {errno.errorcode.get(err, err)}", code="CONNECT_FAILED")
+        raise BackendError(
+            f"connect failed: {errno.errorcode.get(err, err)}", code="CONNECT_FAILED"
+        )
     return sock
 
 

@@ -160,7 +160,9 @@ class Flow:
             return False
         if self.in_pipe and self.pipe is not None:
             try:
-                self.in_pipe -= os.splice(self.pipe[0], self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
+                self.in_pipe -= os.splice(
+                    self.pipe[0], self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS
+                )
             except BlockingIOError:
                 return False
             if self.in_pipe:

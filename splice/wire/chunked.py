@@ -21,7 +21,9 @@ MAX_SIZE_DIGITS = 16
 
 # chunk = chunk-size [ chunk-ext ] CRLF ; chunk-size = 1*HEXDIG
 # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
-_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?" % MAX_SIZE_DIGITS)
+_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,%d})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?" % MAX_SIZE_DIGITS
+)
 # trailer-section = *( field-line CRLF )
 _TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
 

@@ -1,0 +1,147 @@
+"""A TLS passthrough connection: route on the ClientHello's SNI, then splice untouched.
+
+splice never decrypts: the VM terminates its own TLS. It reads an optional PROXY
+header (only from trusted fronts), then just enough bytes for the whole
+ClientHello, routes the server name through the same naming rules as HTTP Hosts
+(default port: the shed's ``tls_port``, 443), dials, sends the exact bytes it
+read (after a PROXY header for the VM, if configured) and splices both ways.
+Every failure is a TLS alert and a close: never a hang, never a plaintext page.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import TYPE_CHECKING
+
+from splice.errors import ProtocolError, SpliceError
+from splice.io.flow import EOF
+from splice.relay import Key, Relay
+from splice.resolve.base import Endpoint
+from splice.routing.names import HostName, parse_host
+from splice.wire.client_hello import Hello, parse_client_hello
+from splice.wire.proxy_header import maybe_proxy_header, parse_proxy_header
+from splice.wire.tls_alert import alert_for_code, render_alert
+
+if TYPE_CHECKING:
+    from splice.config import ListenConfig
+    from splice.context import Context
+
+#: bytes read per recv while the hello arrives
+_READ = 16 * 1024
+
+
+def trusted(peer: str, networks: tuple[str, ...]) -> bool:
+    """Is ``peer`` inside one of the CIDRs that may send us PROXY headers?"""
+    ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n) for n in networks)
+
+
+class TlsConn(Relay):
+    __slots__ = ("hello", "inbuf", "need_proxy")
+
+    def __init__(
+        self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
+    ) -> None:
+        super().__init__(ctx, client, peer, lc)
+        self.inbuf = bytearray()
+        self.hello: Hello | None = None
+        #: None: PROXY not in use here; True: required and not yet read; False: read
+        self.need_proxy: bool | None = None
+        if lc.accept_proxy:
+            self.need_proxy = trusted(peer[0], lc.accept_proxy)
+        ctx.head_deadlines.add(self, self.t0)
+        self.client_readable()
+
+    @classmethod
+    def accept(
+        cls, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
+    ) -> TlsConn:
+        return cls(ctx, client, peer, lc)
+
+    def client_readable(self) -> None:
+        if self.up_flow is not None:
+            if self.up_flow.pump() == EOF:
+                self.on_client_eof()
+            return
+        if self.hello is not None:
+            return  # routing or dialling; bytes stay in the socket until then
+        while not self.closed:
+            try:
+                data = self.client.recv(_READ)
+            except BlockingIOError:
+                return
+            if not data:
+                self.outcome = "CLIENT_CLOSED"
+                self.close()
+                return
+            self.inbuf += data
+            if self._parse():
+                return
+
+    def _parse(self) -> bool:
+        """Take the PROXY header and the hello from ``inbuf``; True once routing began."""
+        if self.need_proxy:
+            info = parse_proxy_header(self.inbuf)
+            if info is None:
+                return False
+            if info.src is not None:
+                self.peer = info.src
+            del self.inbuf[: info.length]
+            self.need_proxy = False
+        elif self.need_proxy is False and maybe_proxy_header(self.inbuf):
+            raise ProtocolError("PROXY header from an untrusted peer")
+        hello = parse_client_hello(self.inbuf)
+        if hello is None:
+            return False
+        self.hello = hello
+        self.ctx.head_deadlines.discard(self)
+        self._route(hello)
+        return True
+
+    def _route(self, hello: Hello) -> None:
+        if hello.server_name is None:
+            if self.lc.fallback is None:
+                raise ProtocolError("the ClientHello names no server (SNI)")
+            name = HostName(self.lc.fallback, None, None)
+        else:
+            self.host = hello.server_name
+            name = parse_host(hello.server_name.encode(), self.ctx.cfg.domains)
+        found = self.lookup_now(name)
+        if found is None:
+            self.resolve_then(name)
+        else:
+            self.routed(*found)
+
+    def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
+        self.shed = shed
+        policy = self.ctx.policy(shed)
+        self.port = policy.pick_port(shed, label_port, self.ctx.cfg.default_port, tls=True)
+        key: Key = (shed, self.port, ep.address, self.ctx.dial_mode(shed))
+        self.open_upstream(key)
+
+    def upstream_ready(self) -> None:
+        assert self.up_flow is not None and self.hello is not None
+        preamble = self.proxy_preamble(self.hello.server_name)
+        self.up_flow.write(preamble + bytes(self.inbuf))
+        self.inbuf.clear()
+        self.client_readable()
+
+    def on_head_timeout(self) -> None:
+        if self.hello is None and not self.closed:
+            self.fail(ProtocolError("the ClientHello did not arrive in time", code="HEAD_TIMEOUT"))
+
+    def fail(self, err: SpliceError) -> None:
+        """A fatal alert, then close: the client's TLS stack reports it."""
+        if self.closed:
+            return
+        self.outcome = err.code
+        self.drop_upstream()
+        if err.code != "BAD_REQUEST" or self.hello is not None or self.inbuf[:1] == b"\x16":
+            try:
+                self.client.send(render_alert(alert_for_code(err.code)))
+            except OSError:
+                pass
+        self.close()
