@@ -109,6 +109,10 @@ class HttpConn(Relay):
         return True
 
     def _step_head(self) -> bool:
+        if self.need_proxy is not None and self.head is None and self.inbuf:
+            if not self.take_proxy_header(self.inbuf):
+                return not self.closed and self._fill()
+            self.need_proxy = None
         head = parse_head(self.inbuf, self.ctx.cfg.max_head) if self.inbuf else None
         if head is None:
             return self._fill()

@@ -18,13 +18,19 @@ import select
 import socket
 from typing import TYPE_CHECKING
 
-from splice.errors import BackendError, RouteError, SpliceError
+from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.io.dial import connect_result, open_connection
 from splice.io.flow import EOF, Flow
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName
 from splice.wire.connect_api import parse_connect_response, render_connect_request
-from splice.wire.proxy_header import PP2Type, encode_v1, encode_v2
+from splice.wire.proxy_header import (
+    PP2Type,
+    encode_v1,
+    encode_v2,
+    maybe_proxy_header,
+    parse_proxy_header,
+)
 
 if TYPE_CHECKING:
     from splice.config import ListenConfig
@@ -54,6 +60,7 @@ class Relay:
         "key",
         "lc",
         "ndown",
+        "need_proxy",
         "nup",
         "outcome",
         "peer",
@@ -74,6 +81,11 @@ class Relay:
         self.key: Key | None = None
         #: the shed-server's Connect API answer while it arrives; None otherwise
         self.handshake: bytearray | None = None
+        #: None: no PROXY header in use; True: one is required and not read yet;
+        #: False: read, or this peer is not trusted to send one
+        self.need_proxy: bool | None = None
+        if lc.accept_proxy:
+            self.need_proxy = trusted(peer[0], lc.accept_proxy)
         self.client = client
         self.cfd = client.fileno()
         self.peer = peer
@@ -247,6 +259,32 @@ class Relay:
         tlvs = [(PP2Type.AUTHORITY, server_name.encode())] if server_name else []
         return encode_v2(src, dst, tlvs)
 
+    def take_proxy_header(self, buf: bytearray) -> bool:
+        """Consume the PROXY header a trusted front puts first; False until done.
+
+        The address it carries replaces the peer's for logs and forwarded headers.
+        A header from an untrusted peer, or none where one is required, closes.
+        """
+        if self.need_proxy:
+            try:
+                info = parse_proxy_header(buf)
+            except ProtocolError:
+                info = None
+                self.outcome = "PROXY_REQUIRED"
+                self.close()
+            if info is None:
+                return False
+            if info.src is not None:
+                self.peer = info.src
+            del buf[: info.length]
+            self.need_proxy = False
+            return True
+        looks = maybe_proxy_header(buf)
+        if looks:
+            self.outcome = "PROXY_REFUSED"
+            self.close()
+        return looks is False
+
     # -- names ----------------------------------------------------------------
 
     def lookup_now(self, name: HostName) -> tuple[str, int | None, Endpoint] | None:
@@ -368,3 +406,11 @@ def _unmap(addr: tuple[str, int]) -> tuple[str, int]:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped), addr[1]
     return str(ip), addr[1]
+
+
+def trusted(peer: str, networks: tuple[str, ...]) -> bool:
+    """Is ``peer`` inside one of the CIDRs that may send us PROXY headers?"""
+    ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n) for n in networks)

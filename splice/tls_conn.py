@@ -10,7 +10,6 @@ Every failure is a TLS alert and a close: never a hang, never a plaintext page.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,6 @@ from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName, parse_host
 from splice.wire.client_hello import Hello, parse_client_hello
-from splice.wire.proxy_header import maybe_proxy_header, parse_proxy_header
 from splice.wire.tls_alert import alert_for_code, render_alert
 
 if TYPE_CHECKING:
@@ -31,16 +29,8 @@ if TYPE_CHECKING:
 _READ = 16 * 1024
 
 
-def trusted(peer: str, networks: tuple[str, ...]) -> bool:
-    """Is ``peer`` inside one of the CIDRs that may send us PROXY headers?"""
-    ip = ipaddress.ip_address(peer.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(n) for n in networks)
-
-
 class TlsConn(Relay):
-    __slots__ = ("hello", "inbuf", "need_proxy")
+    __slots__ = ("hello", "inbuf")
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -48,10 +38,6 @@ class TlsConn(Relay):
         super().__init__(ctx, client, peer, lc)
         self.inbuf = bytearray()
         self.hello: Hello | None = None
-        #: None: PROXY not in use here; True: required and not yet read; False: read
-        self.need_proxy: bool | None = None
-        if lc.accept_proxy:
-            self.need_proxy = trusted(peer[0], lc.accept_proxy)
         ctx.head_deadlines.add(self, self.t0)
         self.client_readable()
 
@@ -83,16 +69,8 @@ class TlsConn(Relay):
 
     def _parse(self) -> bool:
         """Take the PROXY header and the hello from ``inbuf``; True once routing began."""
-        if self.need_proxy:
-            info = parse_proxy_header(self.inbuf)
-            if info is None:
-                return False
-            if info.src is not None:
-                self.peer = info.src
-            del self.inbuf[: info.length]
-            self.need_proxy = False
-        elif self.need_proxy is False and maybe_proxy_header(self.inbuf):
-            raise ProtocolError("PROXY header from an untrusted peer")
+        if self.need_proxy is not None and not self.take_proxy_header(self.inbuf):
+            return self.closed
         hello = parse_client_hello(self.inbuf)
         if hello is None:
             return False
