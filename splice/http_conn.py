@@ -16,6 +16,7 @@ parsing goes on. An error answers the request that caused it and closes.
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -44,12 +45,14 @@ _LINGER_BYTES = 1 << 20
 class HttpConn(Relay):
     __slots__ = (
         "body_left",
+        "cdrained",
         "chunk",
         "head",
         "inbuf",
         "lingered",
         "next",
         "retiring",
+        "route_host",
         "state",
     )
 
@@ -66,12 +69,16 @@ class HttpConn(Relay):
         self.next: tuple[bytes, Key, Endpoint] | None = None
         self.retiring = False
         self.lingered = 0
+        self.cdrained = False
+        #: the Host that chose the open upstream (same Host again: no re-routing work)
+        self.route_host: bytes | None = None
         ctx.head_deadlines.add(self, self.t0)
         self.client_readable()
 
     # -- the client -> VM direction ---------------------------------------------
 
     def client_readable(self) -> None:
+        self.cdrained = False
         if self.state == CLOSING:
             self._linger_read()
             return
@@ -92,10 +99,14 @@ class HttpConn(Relay):
 
     def _fill(self) -> bool:
         """Read client bytes into ``inbuf``; False when there are none for now."""
+        if self.cdrained:
+            return False
         try:
             data = self.client.recv(_READ)
         except BlockingIOError:
             return False
+        # edge-triggered, no hang-up in the event: a short read drained the socket
+        self.cdrained = self.cshort and len(data) < _READ
         if not data:
             if self.inbuf and self.state == READ_HEAD:
                 self.outcome = "CLIENT_CLOSED"
@@ -137,7 +148,7 @@ class HttpConn(Relay):
         if flow.blocked:
             return False
         flow.budget = self.body_left
-        r = flow.pump()
+        r = flow.pump(self.cshort)
         self.body_left = flow.budget
         flow.budget = -1
         if r == DONE:
@@ -193,9 +204,20 @@ class HttpConn(Relay):
     # -- routing ----------------------------------------------------------------
 
     def _route(self, head: Head) -> None:
+        host = head.host
+        if (
+            host is not None
+            and host == self.route_host
+            and head.target[:1] == b"/"
+            and head.target[:6] != b"/port/"
+            and not self.up_done
+            and not self.retiring
+        ):
+            self._forward_head(head.raw)  # same Host, same upstream: routed already
+            return
+        self.route_host = None
         if head.method == b"CONNECT":
             raise ProtocolError("CONNECT is not relayed to sheds", code="METHOD_NOT_ALLOWED")
-        host = head.host
         if head.target[:1] != b"/":
             split = split_absolute_form(head.target)
             if split is not None:
@@ -225,6 +247,7 @@ class HttpConn(Relay):
         self.port = port
         key: Key = (shed, port, ep.address, self.ctx.dial_mode(shed))
         if self.up is not None and not self.up_done and key == self.key:
+            self._remember_route(raw)
             self._forward_head(raw)
             return
         self.next = (raw, key, ep)
@@ -232,6 +255,13 @@ class HttpConn(Relay):
             self._retire()
         else:
             self._open_next()
+
+    def _remember_route(self, raw: bytes) -> None:
+        """A plain origin-form request can take the same route next time without work."""
+        head = self.head
+        assert head is not None
+        if head.host and raw is head.raw and head.target[:1] == b"/":
+            self.route_host = head.host
 
     @staticmethod
     def _path_port(head: Head) -> tuple[int | None, bytes]:
@@ -268,6 +298,7 @@ class HttpConn(Relay):
         assert self.next is not None
         raw = self.next[0]
         self.next = None
+        self._remember_route(raw)
         self._forward_head(raw)
         self.client_readable()
 
@@ -351,7 +382,8 @@ class HttpConn(Relay):
 
     def _resume(self) -> None:
         if not self.closed:
-            self.on_event(self.cfd, 1)
+            # a synthetic event: claim a hang-up so reads go on to EAGAIN or EOF
+            self.on_event(self.cfd, select.EPOLLIN | select.EPOLLRDHUP)
 
     # -- failures ------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ Key = tuple[str, int, str | None, str]
 
 _OUT = select.EPOLLOUT
 _NOT_OUT = ~select.EPOLLOUT
+#: events after which a short read does not prove a socket drained: read to EOF
+_HANGUPS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class Relay:
@@ -52,6 +54,7 @@ class Relay:
         "client_done",
         "closed",
         "connecting",
+        "cshort",
         "ctx",
         "down",
         "dst",
@@ -71,6 +74,7 @@ class Relay:
         "up",
         "up_done",
         "up_flow",
+        "ushort",
     )
 
     def __init__(
@@ -94,6 +98,9 @@ class Relay:
         self.up_flow: Flow | None = None
         self.down: Flow | None = None
         self.connecting = False
+        #: the event being handled allows "short read = drained" (client, upstream side)
+        self.cshort = False
+        self.ushort = False
         self.client_done = False
         self.up_done = False
         self.closed = False
@@ -117,15 +124,19 @@ class Relay:
                 if events & _OUT and self.down is not None and self.down.blocked:
                     self.down_writable()
                 if events & _NOT_OUT and not self.closed:
+                    self.cshort = not events & _HANGUPS
                     self.client_readable()
+                    self.cshort = False
             elif fd == self.ufd:
                 if self.connecting:
-                    self.on_connected()
+                    self.on_connected(events)
                     return
                 if events & _OUT and self.up_flow is not None and self.up_flow.blocked:
                     self.up_writable()
                 if events & _NOT_OUT and not self.closed:
+                    self.ushort = not events & _HANGUPS
                     self.upstream_readable()
+                    self.ushort = False
         except SpliceError as e:
             self.fail(e)
         except OSError:
@@ -141,7 +152,7 @@ class Relay:
             self._read_handshake()
             return
         down = self.down
-        if down is not None and down.pump() == EOF:
+        if down is not None and down.pump(self.ushort) == EOF:
             self.on_upstream_eof()
 
     def up_writable(self) -> None:
@@ -170,11 +181,11 @@ class Relay:
         self.ctx.reactor.register(self.ufd, self)
         self.ctx.connect_deadlines.add(self, self.ctx.loop.time())
 
-    def on_connected(self) -> None:
+    def on_connected(self, events: int) -> None:
         self.ctx.connect_deadlines.discard(self)
         assert self.up is not None
-        err = connect_result(self.up)
-        if err:
+        # writable without an error or hang-up is a finished connect: no getsockopt
+        if events & _HANGUPS and connect_result(self.up):
             raise BackendError(
                 f"Nothing accepted the connection to port {self.port} of shed {self.shed!r}.",
                 code="CONNECT_FAILED",
@@ -354,11 +365,11 @@ class Relay:
         if self.client_done:
             return
         self.client_done = True
+        if self.up is None or (self.up_done and self.down is not None and self.down.idle):
+            self.close()  # both sides ended: close, no final shutdown (reference/conn-cost)
+            return
         if self.up_flow is not None:
             self.up_flow.finish()
-        elif self.up is None:
-            self.close()
-            return
         self.maybe_close()
 
     def on_upstream_eof(self) -> None:
@@ -366,6 +377,9 @@ class Relay:
             return
         self.up_done = True
         assert self.down is not None
+        if self.client_done and self.down.idle and (self.up_flow is None or self.up_flow.idle):
+            self.close()
+            return
         self.down.finish()
         self.maybe_close()
 
