@@ -21,9 +21,6 @@ from splice.routing.names import canonical_label
 
 log = logging.getLogger("splice")
 
-#: default seconds that in-flight connections get to finish at SIGTERM
-DRAIN = 10.0
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="splice", description=__doc__.splitlines()[0])
@@ -32,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run the splicer")
     s.add_argument("-c", "--config", required=True, help="TOML config file")
-    s.add_argument("--drain", type=float, default=DRAIN, help="seconds to finish at shutdown")
+    s.add_argument(
+        "--drain", type=float, default=None, help="seconds to finish at shutdown (drain_timeout)"
+    )
     c = sub.add_parser("check", help="validate a config and print its routes")
     c.add_argument("-c", "--config", required=True)
     d = sub.add_parser("demo", help="serve two demo sheds on loopback behind splice")
@@ -52,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"splice: {args.config}: {e}", file=sys.stderr)
         return 1
-    return run(cfg, drain=args.drain)
+    return run(cfg, drain=args.drain, path=args.config)
 
 
 def _check(path: str) -> int:
@@ -84,8 +83,8 @@ def route_table(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, *, drain: float = DRAIN) -> int:
-    """Serve ``cfg`` on uvloop until a signal; 0 on a clean stop."""
+def run(cfg: Config, *, drain: float | None = None, path: str | None = None) -> int:
+    """Serve ``cfg`` on uvloop until a signal; 0 on a clean stop. SIGHUP reloads ``path``."""
     import uvloop
 
     from splice.server import Server
@@ -99,23 +98,37 @@ def run(cfg: Config, *, drain: float = DRAIN) -> int:
         loop = asyncio.get_running_loop()
         interrupts = 0
 
+        def on_hup() -> None:
+            if path is None:
+                return
+            try:
+                new = load_config(path)
+                server.reload(new)
+            except (ConfigError, OSError) as e:
+                log.error("reload of %s refused (%s); the running config stays", path, e)
+                return
+            log.info("reloaded %s", path)
+
         def on_signal(sig: signal.Signals) -> None:
             nonlocal interrupts
             interrupts += 1
             if interrupts > 1 and sig == signal.SIGINT:
                 log.warning("second interrupt: exiting now")
                 raise SystemExit(1)
-            log.info("%s: stopping (draining for up to %.0f s)", sig.name, drain)
+            log.info("%s: stopping (draining for up to %.0f s)", sig.name, grace)
             stop.set()
 
+        grace = server.cfg.drain_timeout if drain is None else drain
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await server.stop(drain)
+            grace = server.cfg.drain_timeout if drain is None else drain
+            await server.stop(grace)
 
     try:
         uvloop.run(serve())

@@ -30,6 +30,11 @@ CONNECT_TIMEOUT = 5.0
 RETIRE_TIMEOUT = 5.0
 #: pipes kept for splicing; each pair is 2 fds and only held while bytes are in flight
 PIPE_POOL = 256
+#: a keep-alive or spliced connection with no byte either way this long is closed;
+#: long enough for any human pause, short enough that abandoned tabs don't pile up
+IDLE_TIMEOUT = 600.0
+#: seconds in-flight connections get to finish at SIGTERM
+DRAIN_TIMEOUT = 10.0
 
 LISTEN_MODES = ("http", "tls-passthrough")
 DIAL_MODES = ("direct", "connect")
@@ -45,6 +50,8 @@ class ListenConfig:
     accept_proxy: tuple[str, ...] = ()
     send_proxy: str | None = None
     fallback: str | None = None
+    #: CIDRs allowed to connect; None: the top-level ``allow_clients``
+    allow_clients: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,10 @@ class ShedConfig:
     policy: ShedPolicy = field(default_factory=ShedPolicy)
     dial: str | None = None
     send_proxy: str | None = None
+    #: concurrent upstream connections to this shed; 0: the global per-shed limit
+    max_connections: int = 0
+    #: seconds without traffic before closing; None: the global defaults
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,22 @@ class Config:
     access_log: bool = True
     dial: str = "direct"
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    #: concurrent client connections; 0: no limit beyond the fd budget
+    max_connections: int = 0
+    #: concurrent upstream connections per shed; 0: no limit
+    max_connections_per_shed: int = 0
+    idle_timeout: float = IDLE_TIMEOUT
+    #: idle timeout after an Upgrade (WebSocket, shed-tcp); 0: never
+    idle_timeout_upgraded: float = 0.0
+    drain_timeout: float = DRAIN_TIMEOUT
+    #: CIDRs allowed to connect at all (checked before a byte is read); empty: everyone
+    allow_clients: tuple[str, ...] = ()
+    #: set X-Forwarded-For/-Proto/-Host (replacing incoming copies from untrusted peers)
+    forwarded_headers: bool = True
+    #: also set RFC 7239 ``Forwarded``
+    forwarded: bool = False
+    #: peers whose X-Forwarded-* / Forwarded headers are kept (Caddy, nginx fronts)
+    trusted_fronts: tuple[str, ...] = ()
 
     def policy(self, shed: str) -> ShedPolicy:
         sc = self.sheds.get(shed)
@@ -93,6 +120,8 @@ _OPEN = ShedPolicy()
 _TOP_KEYS = {
     "domains", "default_port", "max_head", "head_timeout", "connect_timeout",
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
+    "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",
+    "drain_timeout", "allow_clients", "forwarded_headers", "forwarded", "trusted_fronts",
 }  # fmt: skip
 
 
@@ -137,6 +166,19 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         access_log=_bool("access_log", data.get("access_log", True)),
         dial=_choice("dial.mode", dial_raw.get("mode", "direct"), DIAL_MODES),
         resolver=_resolver(data.get("resolver", {})),
+        max_connections=_int("max_connections", data.get("max_connections", 0), 0, 1 << 24),
+        max_connections_per_shed=_int(
+            "max_connections_per_shed", data.get("max_connections_per_shed", 0), 0, 1 << 24
+        ),
+        idle_timeout=_seconds("idle_timeout", data.get("idle_timeout", IDLE_TIMEOUT), True),
+        idle_timeout_upgraded=_seconds(
+            "idle_timeout_upgraded", data.get("idle_timeout_upgraded", 0.0), zero_ok=True
+        ),
+        drain_timeout=_seconds("drain_timeout", data.get("drain_timeout", DRAIN_TIMEOUT), True),
+        allow_clients=_cidrs("allow_clients", data),
+        forwarded_headers=_bool("forwarded_headers", data.get("forwarded_headers", True)),
+        forwarded=_bool("forwarded", data.get("forwarded", False)),
+        trusted_fronts=_cidrs("trusted_fronts", data),
     )
     for lc in cfg.listen:
         if (
@@ -151,16 +193,16 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 def _listen(key: str, v: Any) -> ListenConfig:
     if not isinstance(v, dict):
         raise ConfigError(key, "must be a table")
-    _no_unknown(key, v, {"address", "mode", "accept_proxy", "send_proxy", "fallback"})
+    _no_unknown(
+        key, v, {"address", "mode", "accept_proxy", "send_proxy", "fallback", "allow_clients"}
+    )
     if "address" not in v:
         raise ConfigError(f"{key}.address", "missing; give host:port, e.g. '127.0.0.1:8081'")
     host, port = parse_address(f"{key}.address", v["address"])
     fallback = v.get("fallback")
     if fallback is not None and not (isinstance(fallback, str) and is_shed_name(fallback)):
         raise ConfigError(f"{key}.fallback", "must be a shed name")
-    accept = tuple(
-        _cidr(f"{key}.accept_proxy[{i}]", c) for i, c in enumerate(_list(v, "accept_proxy", key))
-    )
+    accept = _cidrs("accept_proxy", v, key)
     return ListenConfig(
         host=host,
         port=port,
@@ -168,6 +210,7 @@ def _listen(key: str, v: Any) -> ListenConfig:
         accept_proxy=accept,
         send_proxy=_opt_choice(f"{key}.send_proxy", v.get("send_proxy"), PROXY_VERSIONS),
         fallback=fallback,
+        allow_clients=_cidrs("allow_clients", v, key) if "allow_clients" in v else None,
     )
 
 
@@ -177,7 +220,10 @@ def _shed(name: str, v: Any) -> ShedConfig:
         raise ConfigError(key, "not a valid shed name (a-z, 0-9, '-', starts with a letter)")
     if not isinstance(v, dict):
         raise ConfigError(key, "must be a table")
-    allowed = {"address", "default_port", "tls_port", "ports", "dial", "send_proxy"}
+    allowed = {
+        "address", "default_port", "tls_port", "ports", "dial", "send_proxy",
+        "max_connections", "idle_timeout",
+    }  # fmt: skip
     _no_unknown(key, v, allowed)
     address = v.get("address")
     if address is not None:
@@ -196,6 +242,10 @@ def _shed(name: str, v: Any) -> ShedConfig:
         policy=policy,
         dial=_opt_choice(f"{key}.dial", v.get("dial"), DIAL_MODES),
         send_proxy=_opt_choice(f"{key}.send_proxy", v.get("send_proxy"), PROXY_VERSIONS),
+        max_connections=_int(f"{key}.max_connections", v.get("max_connections", 0), 0, 1 << 24),
+        idle_timeout=None
+        if v.get("idle_timeout") is None
+        else _seconds(f"{key}.idle_timeout", v["idle_timeout"], zero_ok=True),
     )
 
 
@@ -286,6 +336,11 @@ def _ip(key: str, v: Any) -> str:
         return str(ipaddress.ip_address(v))
     except ValueError:
         raise ConfigError(key, f"{v!r} is not an IP address") from None
+
+
+def _cidrs(k: str, v: Mapping[str, Any], key: str = "") -> tuple[str, ...]:
+    where = f"{key}.{k}" if key else k
+    return tuple(_cidr(f"{where}[{i}]", c) for i, c in enumerate(_list(v, k, key)))
 
 
 def _cidr(key: str, v: Any) -> str:

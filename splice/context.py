@@ -7,6 +7,7 @@ swap ``cfg`` and ``chain`` atomically: a connection keeps the route it was given
 from __future__ import annotations
 
 import dataclasses
+import time
 from asyncio import AbstractEventLoop
 from collections import Counter
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from splice.io.deadlines import Deadlines
 from splice.io.pipes import PipePool
 from splice.io.reactor import Reactor
 from splice.resolve.chain import ResolverChain
+from splice.routing.netset import NetSet
 from splice.routing.policy import DeclaredPort, ShedPolicy
 
 #: how long we keep reading a client after an error page, so a RST does not eat it
@@ -43,6 +45,9 @@ class Context:
         self.access = access
         self.conns: set[Any] = set()
         self.stats: Counter[str] = Counter()
+        #: upstream connections open per shed (for max_connections per shed)
+        self.shed_active: Counter[str] = Counter()
+        self.draining = False
         self.head_deadlines: Deadlines[Any] = Deadlines(cfg.head_timeout, _head_expired)
         self.connect_deadlines: Deadlines[Any] = Deadlines(cfg.connect_timeout, _connect_expired)
         self.linger_deadlines: Deadlines[Any] = Deadlines(LINGER_TIMEOUT, _linger_expired)
@@ -57,6 +62,9 @@ class Context:
         url = urlsplit(cfg.resolver.shed_server)
         self.shed_server = (url.hostname or "127.0.0.1", url.port or 80)
         self.shed_server_host = url.netloc
+        self.allow = NetSet(cfg.allow_clients)
+        self.fronts = NetSet(cfg.trusted_fronts)
+        self._nets: dict[tuple[str, ...], NetSet] = {}
         self.head_deadlines.timeout = cfg.head_timeout
         self.connect_deadlines.timeout = cfg.connect_timeout
         self.retire_deadlines.timeout = cfg.retire_timeout
@@ -68,6 +76,24 @@ class Context:
             if declared is not None:
                 policy = dataclasses.replace(policy, ports=policy.ports + declared)
         return policy
+
+    def allowed(self, lc: Any) -> NetSet:
+        """The clients a listener admits (its own list, else the top-level one)."""
+        return self.allow if lc.allow_clients is None else self._netset(lc.allow_clients)
+
+    def proxy_sources(self, lc: Any) -> NetSet:
+        return self._netset(lc.accept_proxy)
+
+    def _netset(self, cidrs: tuple[str, ...]) -> NetSet:
+        ns = self._nets.get(cidrs)
+        if ns is None:
+            ns = self._nets[cidrs] = NetSet(cidrs)
+        return ns
+
+    def full(self) -> bool:
+        """Over ``max_connections`` (counting the connection just accepted)."""
+        limit = self.cfg.max_connections
+        return bool(limit) and len(self.conns) > limit
 
     def dial_mode(self, shed: str) -> str:
         sc = self.cfg.sheds.get(shed)
@@ -84,10 +110,24 @@ class Context:
         self.retire_deadlines.discard(conn)
         self.stats[conn.outcome] += 1
         if self.access is not None:
-            ms = (self.loop.time() - conn.t0) * 1000.0
+            ms = (time.monotonic() - conn.t0) * 1000.0
             self.access.line(
                 conn.peer, conn.host, conn.shed, conn.port, conn.nup, conn.ndown, ms, conn.outcome
             )
+
+    def sweep_idle(self, now: float) -> None:
+        """Close connections that moved no byte for their idle timeout."""
+        for conn in list(self.conns):
+            timeout = conn.idle_timeout()
+            if not timeout or conn.closed:
+                continue
+            moved = conn.activity()
+            if moved != conn.last_activity:
+                conn.last_activity = moved
+                conn.active_at = now
+            elif now - conn.active_at >= timeout:
+                conn.outcome = "IDLE_TIMEOUT"
+                conn.close()
 
     def sweep(self, now: float) -> None:
         for d in (

@@ -28,12 +28,15 @@ from splice.resolve.base import Endpoint
 from splice.routing.names import parse_host
 from splice.routing.route import split_absolute_form, split_port_prefix
 from splice.wire.chunked import ChunkedFraming, State
+from splice.wire.forwarded import rewrite_forwarded
 from splice.wire.http_head import Head, parse_head
 
 if TYPE_CHECKING:
     from splice.config import ListenConfig
     from splice.context import Context
 
+#: seconds a client should wait before retrying, by error code
+_RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
 # what the client side is doing
 READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING = range(7)
 #: bytes read per recv while collecting a head
@@ -47,6 +50,7 @@ class HttpConn(Relay):
         "body_left",
         "cdrained",
         "chunk",
+        "front",
         "head",
         "inbuf",
         "lingered",
@@ -72,7 +76,12 @@ class HttpConn(Relay):
         self.cdrained = False
         #: the Host that chose the open upstream (same Host again: no re-routing work)
         self.route_host: bytes | None = None
-        ctx.head_deadlines.add(self, self.t0)
+        #: None until the first request asks: may this peer set X-Forwarded-*?
+        self.front: bool | None = None
+        if ctx.full():
+            self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
+            return
+        ctx.head_deadlines.add(self, ctx.loop.time())
         self.client_readable()
 
     # -- the client -> VM direction ---------------------------------------------
@@ -200,6 +209,26 @@ class HttpConn(Relay):
         assert self.head is not None
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
+        if self.ctx.draining:
+            self.drain()
+
+    def drain(self) -> None:
+        """Between requests: shut the VM's write side; it ends its response and closes."""
+        if self.state != READ_HEAD or self.inbuf or self.closed:
+            return
+        if self.up is None:
+            self.outcome = "SHUTDOWN"
+            self.close()
+        elif self.up_flow is not None and not self.up_flow.shut:
+            self.up_flow.finish()
+
+    def idle_timeout(self) -> float:
+        if self.state != TUNNEL:
+            return super().idle_timeout()
+        sc = self.ctx.cfg.sheds.get(self.shed)
+        if sc is not None and sc.idle_timeout is not None:
+            return sc.idle_timeout
+        return self.ctx.cfg.idle_timeout_upgraded
 
     # -- routing ----------------------------------------------------------------
 
@@ -226,8 +255,9 @@ class HttpConn(Relay):
             raise ProtocolError("the request names no host")
         self.host = host.decode("ascii", "replace")
         name = parse_host(host, self.ctx.cfg.domains)
-        if self.up_done:
-            # the VM closed this connection; its FIN has gone to the client
+        if self.up_done or self.ctx.draining:
+            # the VM closed this connection (its FIN has gone to the client), or we
+            # are stopping: the client retries on a new connection
             self.close()
             return
         found = self.lookup_now(name)
@@ -303,8 +333,15 @@ class HttpConn(Relay):
         self.client_readable()
 
     def _forward_head(self, raw: bytes) -> None:
-        head, flow = self.head, self.up_flow
+        head, flow, cfg = self.head, self.up_flow, self.ctx.cfg
         assert head is not None and flow is not None
+        if cfg.forwarded_headers:
+            if self.front is None:
+                self.front = bool(self.ctx.fronts) and self.peer[0] in self.ctx.fronts
+            if not self.front:
+                raw = rewrite_forwarded(
+                    raw, self.peer[0], head.host or b"", b"http", rfc7239=cfg.forwarded
+                )
         flow.write(raw)
         if head.chunked:
             self.chunk = ChunkedFraming()
@@ -402,6 +439,7 @@ class HttpConn(Relay):
             err,
             as_json=self.head is not None and self.head.wants_json,
             link_host=self.host.split(".", 1)[1] if "." in self.host else None,
+            retry_after=_RETRY_AFTER.get(err.code),
         )
         self.drop_upstream()
         self.retiring = False

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import select
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
@@ -49,11 +50,13 @@ _HANGUPS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 class Relay:
     __slots__ = (
+        "active_at",
         "cfd",
         "client",
         "client_done",
         "closed",
         "connecting",
+        "counted",
         "cshort",
         "ctx",
         "down",
@@ -61,6 +64,7 @@ class Relay:
         "handshake",
         "host",
         "key",
+        "last_activity",
         "lc",
         "ndown",
         "need_proxy",
@@ -89,7 +93,7 @@ class Relay:
         #: False: read, or this peer is not trusted to send one
         self.need_proxy: bool | None = None
         if lc.accept_proxy:
-            self.need_proxy = trusted(peer[0], lc.accept_proxy)
+            self.need_proxy = peer[0] in ctx.proxy_sources(lc)
         self.client = client
         self.cfd = client.fileno()
         self.peer = peer
@@ -104,7 +108,7 @@ class Relay:
         self.client_done = False
         self.up_done = False
         self.closed = False
-        self.t0 = ctx.loop.time()
+        self.t0 = time.monotonic()
         self.host = ""
         self.shed = ""
         self.port = 0
@@ -113,6 +117,10 @@ class Relay:
         #: payload bytes each way, summed over every upstream this connection used
         self.nup = 0
         self.ndown = 0
+        #: the shed whose per-shed connection count this connection holds
+        self.counted: str | None = None
+        self.last_activity = 0
+        self.active_at = ctx.loop.time()
         ctx.track(self)
         ctx.reactor.register(self.cfd, self)
 
@@ -244,6 +252,7 @@ class Relay:
         """Dial ``key``'s VM directly, or through the shed-server's Connect API."""
         shed, port, address, mode = key
         self.key = key
+        self._count(shed, port)
         if mode == "connect":
             self.dial(*self.ctx.shed_server)
             self.handshake = bytearray()
@@ -256,6 +265,39 @@ class Relay:
             )
         else:
             self.dial(address, port)
+
+    def _count(self, shed: str, port: int) -> None:
+        """Hold one of the shed's connection slots, or refuse with 503."""
+        ctx = self.ctx
+        sc = ctx.cfg.sheds.get(shed)
+        limit = (sc.max_connections if sc is not None else 0) or ctx.cfg.max_connections_per_shed
+        if limit and ctx.shed_active[shed] >= limit:
+            raise BackendError(
+                f"Shed {shed!r} already has {limit} connections; try again shortly.",
+                code="TOO_MANY_CONNECTIONS",
+                shed=shed,
+                port=port,
+            )
+        ctx.shed_active[shed] += 1
+        self.counted = shed
+
+    def activity(self) -> int:
+        """Bytes moved so far, either way: unchanged between two sweeps means idle."""
+        n = self.nup + self.ndown
+        if self.up_flow is not None:
+            n += self.up_flow.nbytes
+        if self.down is not None:
+            n += self.down.nbytes
+        return n
+
+    def idle_timeout(self) -> float:
+        sc = self.ctx.cfg.sheds.get(self.shed) if self.shed else None
+        if sc is not None and sc.idle_timeout is not None:
+            return sc.idle_timeout
+        return self.ctx.cfg.idle_timeout
+
+    def drain(self) -> None:
+        """The server is stopping: finish what is in flight, take nothing new."""
 
     def proxy_preamble(self, server_name: str | None) -> bytes:
         """The PROXY header for the VM, when the listener or the shed asks for one."""
@@ -345,6 +387,9 @@ class Relay:
 
     def drop_upstream(self) -> None:
         """Close the upstream socket now; queued client-bound bytes stay in ``down``."""
+        if self.counted is not None:
+            self.ctx.shed_active[self.counted] -= 1
+            self.counted = None
         if self.up is None:
             return
         self.ctx.connect_deadlines.discard(self)
@@ -420,11 +465,3 @@ def _unmap(addr: tuple[str, int]) -> tuple[str, int]:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped), addr[1]
     return str(ip), addr[1]
-
-
-def trusted(peer: str, networks: tuple[str, ...]) -> bool:
-    """Is ``peer`` inside one of the CIDRs that may send us PROXY headers?"""
-    ip = ipaddress.ip_address(peer.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(n) for n in networks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
 import select
 import socket
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 from splice.accesslog import FLUSH_EVERY, AccessLog
 from splice.config import Config, ListenConfig
-from splice.context import Context
+from splice.context import Context, PortsSource
 from splice.http_conn import HttpConn
 from splice.resolve.base import Resolver
 from splice.resolve.chain import ResolverChain
@@ -38,6 +39,8 @@ ACCEPT_BACKOFF = 0.1
 LOG_EVERY = 10.0
 #: deadline checks run this often; timeouts are accurate to about this much
 SWEEP_EVERY = 0.05
+#: idle connections are looked for this often
+IDLE_SWEEP_EVERY = 1.0
 #: kernel queue of not-yet-accepted connections (capped by net.core.somaxconn)
 BACKLOG = 4096
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -80,6 +83,15 @@ def build_chain(cfg: Config) -> ResolverChain:
     )
 
 
+def build_ports(cfg: Config) -> PortsSource | None:
+    """Declared-port files (``[resolver] ports_dir``), re-read when they change."""
+    if cfg.resolver.ports_dir is None:
+        return None
+    from splice.resolve.declared_ports import DeclaredPorts
+
+    return DeclaredPorts(cfg.resolver.ports_dir)
+
+
 class Listener:
     """A listening socket in the shared epoll, level-triggered."""
 
@@ -104,6 +116,7 @@ class Listener:
     def on_event(self, fd: int, events: int) -> None:
         accept = self.sock._accept  # type: ignore[attr-defined]
         family, stream, factory, ctx = self.family, socket.SOCK_STREAM, self.factory, self.ctx
+        allow = ctx.allowed(self.config)
         for _ in range(ACCEPT_BATCH):
             try:
                 cfd, addr = accept()
@@ -114,6 +127,10 @@ class Listener:
                     self._back_off(e)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM...: that client's problem only
+            if allow and addr[0] not in allow:
+                os.close(cfd)  # denied: closed before a byte is read, no banner
+                ctx.stats["denied"] += 1
+                continue
             client = socket.socket(family, stream, 0, cfd)
             client.setblocking(False)
             factory(ctx, client, addr[:2], self.config)
@@ -167,7 +184,7 @@ class Server:
         raise_fd_limit()
         cfg = self.cfg
         access = AccessLog(self.access_stream) if cfg.access_log else None
-        self.ctx = Context(loop, cfg, build_chain(cfg), access)
+        self.ctx = Context(loop, cfg, build_chain(cfg), access, build_ports(cfg))
         try:
             for lc in cfg.listen:
                 self.listeners.append(Listener(self.ctx, lc, _factory(lc.mode)))
@@ -176,6 +193,7 @@ class Server:
                 listener.close()
             raise
         self._next_flush = loop.time() + FLUSH_EVERY
+        self._next_idle = loop.time() + IDLE_SWEEP_EVERY
         self._tick = loop.call_later(SWEEP_EVERY, self._sweep)
 
     @property
@@ -187,6 +205,9 @@ class Server:
         assert ctx is not None
         now = ctx.loop.time()
         ctx.sweep(now)
+        if now >= self._next_idle:
+            ctx.sweep_idle(now)
+            self._next_idle = now + IDLE_SWEEP_EVERY
         if ctx.access is not None and now >= self._next_flush:
             ctx.access.flush()
             self._next_flush = now + FLUSH_EVERY
@@ -197,12 +218,45 @@ class Server:
             listener.close()
         self.listeners.clear()
 
+    def reload(self, cfg: Config) -> None:
+        """Swap config, resolvers and listeners atomically; open connections keep their routes.
+
+        Raises:
+            OSError: a new listener could not bind; nothing has changed then.
+        """
+        ctx = self.ctx
+        assert ctx is not None
+        keep = {(lc.host, lc.port, lc.mode): lc for lc in cfg.listen}
+        old = {(li.config.host, li.config.port, li.config.mode): li for li in self.listeners}
+        added: list[Listener] = []
+        try:
+            for k, lc in keep.items():
+                if k not in old:
+                    added.append(Listener(ctx, lc, _factory(lc.mode)))
+        except OSError:
+            for listener in added:
+                listener.close()
+            raise
+        old_chain = ctx.chain
+        ctx.apply(cfg, build_chain(cfg), build_ports(cfg))
+        self.cfg = cfg
+        for k, listener in old.items():
+            if k in keep:
+                listener.config = keep[k]
+            else:
+                listener.close()
+        self.listeners = [li for li in self.listeners if li.config in keep.values()] + added
+        ctx.loop.create_task(old_chain.close())
+
     async def stop(self, drain: float = 0.0) -> None:
         """Stop accepting; let open connections finish for up to ``drain`` s; close the rest."""
         ctx = self.ctx
         self.close_listeners()
         if ctx is None:
             return
+        ctx.draining = True
+        for conn in list(ctx.conns):
+            conn.drain()
         deadline = ctx.loop.time() + drain
         while ctx.conns and ctx.loop.time() < deadline:
             await asyncio.sleep(0.05)

@@ -38,7 +38,10 @@ class TlsConn(Relay):
         super().__init__(ctx, client, peer, lc)
         self.inbuf = bytearray()
         self.hello: Hello | None = None
-        ctx.head_deadlines.add(self, self.t0)
+        if ctx.full():
+            self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
+            return
+        ctx.head_deadlines.add(self, ctx.loop.time())
         self.client_readable()
 
     @classmethod

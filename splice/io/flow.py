@@ -152,6 +152,7 @@ class Flow:
 
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` after anything already queued; True when all of it went out."""
+        self.nbytes += len(data)
         if self.blocked:
             self.pending += data
             return False

@@ -1,8 +1,8 @@
 """Resolver that asks shed-server's HTTP API: ``GET /api/sheds/{name}``.
 
-A small async HTTP/1.1 client (h11 over asyncio streams): one idle keep-alive connection
-is kept and reused, a fresh one is opened when it is busy or was closed, and a reused
-connection that dies before answering is retried once on a new one (GETs are safe).
+A small async HTTP/1.1 client (h11 over asyncio streams): idle keep-alive connections are
+reused (last used first; sequential lookups share one), a fresh one is opened when all are
+busy or closed, and a reused one that dies before answering is retried once (GETs are safe).
 Every request has one deadline (``timeout``) covering connect, send and receive.
 Answers: running -> Endpoint (address None when there is no ``ip_address``: only the
 Connect API reaches it); 404 -> None; stopped/starting/error -> SHED_NOT_RUNNING;
@@ -55,7 +55,7 @@ class ShedApiResolver:
         self._prefix = url.path.rstrip("/")
         self._host_header = url.netloc.rpartition("@")[2]
         self._timeout = timeout
-        self._idle: _Conn | None = None
+        self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         #: TCP connections opened so far (keep-alive shows as few)
         self.connections_opened = 0
@@ -91,9 +91,9 @@ class ShedApiResolver:
         return doc
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, None
-        if idle is not None:
-            idle.writer.close()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.writer.close()
 
     async def _get_json(self, path: str, shed: str | None) -> tuple[int, object]:
         """(status, parsed JSON body or None); 5xx, I/O errors and timeouts raise."""
@@ -129,11 +129,12 @@ class ShedApiResolver:
             raise ConnectionResetError("connection closed before an answer") from None
 
     def _take_idle(self) -> _Conn | None:
-        conn, self._idle = self._idle, None
-        if conn is not None and (conn.writer.is_closing() or conn.reader.at_eof()):
-            conn.writer.close()
-            return None
-        return conn
+        while self._idle:
+            conn = self._idle.pop()
+            if not (conn.writer.is_closing() or conn.reader.at_eof()):
+                return conn
+            conn.writer.close()  # the server closed it while idle
+        return None
 
     async def _open(self) -> _Conn:
         reader, writer = await asyncio.open_connection(self._host, self._port, limit=READ_SIZE)
@@ -160,9 +161,9 @@ class ShedApiResolver:
 
     def _release(self, conn: _Conn) -> None:
         http = conn.http
-        if http.our_state is h11.DONE and http.their_state is h11.DONE and self._idle is None:
+        if http.our_state is h11.DONE and http.their_state is h11.DONE:
             http.start_next_cycle()
-            self._idle = conn
+            self._idle.append(conn)  # at most MAX_CONNECTIONS: one per slot
         else:
             conn.writer.close()
 

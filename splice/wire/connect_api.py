@@ -72,18 +72,11 @@ def parse_connect_response(buf: bytes, *, eof: bool = False) -> tuple[int, bytes
             BackendError CONNECT_FAILED for a malformed, oversized or truncated answer.
     """
     conn = _client()
-    try:
-        if buf:
-            conn.receive_data(bytes(buf))  # h11 reads b"" as end of stream
-        if eof:
-            conn.receive_data(b"")
-        return _walk(conn, eof)
-    except h11.RemoteProtocolError:
-        if eof:
-            raise _closed() from None
-        raise BackendError(
-            "The shed-server sent a malformed Connect answer.", code="CONNECT_FAILED"
-        ) from None
+    if buf:
+        conn.receive_data(bytes(buf))  # h11 reads b"" as end of stream
+    if eof:
+        conn.receive_data(b"")
+    return _walk(conn, eof)
 
 
 def _client() -> h11.Connection:
@@ -99,7 +92,14 @@ def _walk(conn: h11.Connection, eof: bool) -> tuple[int, bytes] | None:
     status = 0
     body = bytearray()
     while True:
-        event = conn.next_event()
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            if not eof:
+                raise BackendError(
+                    "The shed-server sent a malformed Connect answer.", code="CONNECT_FAILED"
+                ) from None
+            event = h11.ConnectionClosed()  # cut short: a head or body ended by EOF
         if isinstance(event, h11.InformationalResponse):
             if event.status_code == 101:
                 return 101, conn.trailing_data[0]

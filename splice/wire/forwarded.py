@@ -1,0 +1,38 @@
+"""X-Forwarded-* and Forwarded (RFC 7239) in a request head, rewritten once.
+
+The VM learns the real client only from these fields, so a client must not be able
+to forge them: copies that arrive from an untrusted peer are removed and ours are
+appended. From a trusted front (Caddy, nginx) the fields it set are kept as they are.
+Only the head is touched; the body is never read.
+"""
+
+from __future__ import annotations
+
+import re
+
+# field-line at a line start: "\r\n" field-name ":" ... up to the next CR
+_FORWARDED_LINE = re.compile(
+    rb"\r\n(?:x-forwarded-for|x-forwarded-proto|x-forwarded-host|forwarded)[ \t]*:[^\r]*",
+    re.IGNORECASE,
+)
+
+
+def rewrite_forwarded(
+    raw: bytes, client: str, host: bytes, proto: bytes, *, rfc7239: bool = False
+) -> bytes:
+    """``raw`` (a complete head ending in CRLF CRLF) with our forwarding fields.
+
+    ``host`` is the Host the client asked for; control bytes never reach it since
+    the head scanner has validated every field value already.
+    """
+    head = _FORWARDED_LINE.sub(b"", raw[:-2])
+    ip = client.encode()
+    extra = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
+        ip,
+        proto,
+        host,
+    )
+    if rfc7239:
+        node = b'"[%s]"' % ip if b":" in ip else ip
+        extra += b'Forwarded: for=%s;proto=%s;host="%s"\r\n' % (node, proto, host)
+    return head + extra + b"\r\n"
