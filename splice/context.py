@@ -18,6 +18,7 @@ from splice.config import Config
 from splice.io.deadlines import Deadlines
 from splice.io.pipes import PipePool
 from splice.io.reactor import Reactor
+from splice.metrics import Metrics
 from splice.resolve.chain import ResolverChain
 from splice.routing.netset import NetSet
 from splice.routing.policy import DeclaredPort, ShedPolicy
@@ -44,7 +45,8 @@ class Context:
         self.pool = PipePool(cfg.pipe_pool)
         self.access = access
         self.conns: set[Any] = set()
-        self.stats: Counter[str] = Counter()
+        self.metrics = Metrics()
+        self.stats = self.metrics.counts
         #: upstream connections open per shed (for max_connections per shed)
         self.shed_active: Counter[str] = Counter()
         self.draining = False
@@ -108,7 +110,7 @@ class Context:
         for d in (self.head_deadlines, self.connect_deadlines, self.linger_deadlines):
             d.discard(conn)
         self.retire_deadlines.discard(conn)
-        self.stats[conn.outcome] += 1
+        self.metrics.closed(conn.shed, conn.outcome, conn.nup, conn.ndown)
         if self.access is not None:
             ms = (time.monotonic() - conn.t0) * 1000.0
             self.access.line(

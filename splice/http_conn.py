@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from splice.errors import ProtocolError, SpliceError
@@ -133,9 +134,13 @@ class HttpConn(Relay):
             if not self.take_proxy_header(self.inbuf):
                 return not self.closed and self._fill()
             self.need_proxy = None
-        head = parse_head(self.inbuf, self.ctx.cfg.max_head) if self.inbuf else None
+        if not self.inbuf:
+            return self._fill()
+        t = time.perf_counter()
+        head = parse_head(self.inbuf, self.ctx.cfg.max_head)
         if head is None:
             return self._fill()
+        self.ctx.metrics.head_parse.observe(time.perf_counter() - t)
         del self.inbuf[: head.length]
         self.ctx.head_deadlines.discard(self)
         self.head = head
@@ -343,6 +348,7 @@ class HttpConn(Relay):
                     raw, self.peer[0], head.host or b"", b"http", rfc7239=cfg.forwarded
                 )
         flow.write(raw)
+        self.dial_t = time.perf_counter()
         if head.chunked:
             self.chunk = ChunkedFraming()
             self.state = CHUNKED
@@ -398,6 +404,9 @@ class HttpConn(Relay):
             self.maybe_close()
 
     def upstream_readable(self) -> None:
+        if self.dial_t and self.handshake is None:
+            self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
+            self.dial_t = 0.0
         waiting = self.state == WAIT_UPGRADE and self.handshake is None and not self.retiring
         if waiting and not self._peek_upgrade():
             return

@@ -59,6 +59,7 @@ class Relay:
         "counted",
         "cshort",
         "ctx",
+        "dial_t",
         "down",
         "dst",
         "handshake",
@@ -119,6 +120,8 @@ class Relay:
         self.ndown = 0
         #: the shed whose per-shed connection count this connection holds
         self.counted: str | None = None
+        #: perf_counter at dial, then at the last request sent (for first-byte latency)
+        self.dial_t = 0.0
         self.last_activity = 0
         self.active_at = ctx.loop.time()
         ctx.track(self)
@@ -181,6 +184,7 @@ class Relay:
     def dial(self, address: str, port: int) -> None:
         """Start connecting; ``after_connect`` runs once the VM accepts."""
         self.dst = f"{address}:{port}"
+        self.dial_t = time.perf_counter()
         sock = open_connection(address, port)
         self.up = sock
         self.ufd = sock.fileno()
@@ -201,6 +205,8 @@ class Relay:
                 port=self.port,
             )
         self.connecting = False
+        self.ctx.metrics.dial.observe(time.perf_counter() - self.dial_t)
+        self.dial_t = 0.0
         pool = self.ctx.pool
         self.up_flow = Flow(self.client, self.up, pool)
         if self.down is not None:
