@@ -110,6 +110,9 @@ class Config:
     forwarded: bool = False
     #: peers whose X-Forwarded-* / Forwarded headers are kept (Caddy, nginx fronts)
     trusted_fronts: tuple[str, ...] = ()
+    #: false: route only a connection's first request and splice the rest blind
+    #: (the v0.1 behaviour, kept for benchmarks; unsafe behind a front that pools)
+    route_each_request: bool = True
 
     def policy(self, shed: str) -> ShedPolicy:
         sc = self.sheds.get(shed)
@@ -122,6 +125,7 @@ _TOP_KEYS = {
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
     "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",
     "drain_timeout", "allow_clients", "forwarded_headers", "forwarded", "trusted_fronts",
+    "route_each_request",
 }  # fmt: skip
 
 
@@ -179,6 +183,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarded_headers=_bool("forwarded_headers", data.get("forwarded_headers", True)),
         forwarded=_bool("forwarded", data.get("forwarded", False)),
         trusted_fronts=_cidrs("trusted_fronts", data),
+        route_each_request=_bool("route_each_request", data.get("route_each_request", True)),
     )
     for lc in cfg.listen:
         if (

@@ -20,6 +20,7 @@ from splice.io.pipes import PipePool
 from splice.io.reactor import Reactor
 from splice.metrics import Metrics
 from splice.resolve.chain import ResolverChain
+from splice.resolve.dns import DnsCache
 from splice.routing.netset import NetSet
 from splice.routing.policy import DeclaredPort, ShedPolicy
 
@@ -50,6 +51,8 @@ class Context:
         #: upstream connections open per shed (for max_connections per shed)
         self.shed_active: Counter[str] = Counter()
         self.draining = False
+        #: names -> addresses for the egress gateway (resolved once, checked, dialled)
+        self.dns = DnsCache()
         self.head_deadlines: Deadlines[Any] = Deadlines(cfg.head_timeout, _head_expired)
         self.connect_deadlines: Deadlines[Any] = Deadlines(cfg.connect_timeout, _connect_expired)
         self.linger_deadlines: Deadlines[Any] = Deadlines(LINGER_TIMEOUT, _linger_expired)

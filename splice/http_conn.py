@@ -214,6 +214,8 @@ class HttpConn(Relay):
         assert self.head is not None
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
+        if not self.ctx.cfg.route_each_request and self.state == READ_HEAD:
+            self.state = TUNNEL
         if self.ctx.draining:
             self.drain()
 
@@ -280,7 +282,10 @@ class HttpConn(Relay):
             port, raw = self._path_port(head)
         port = self.ctx.policy(shed).pick_port(shed, port, self.ctx.cfg.default_port)
         self.port = port
-        key: Key = (shed, port, ep.address, self.ctx.dial_mode(shed))
+        self.go(raw, (shed, port, ep.address, self.ctx.dial_mode(shed)), ep)
+
+    def go(self, raw: bytes, key: Key, ep: Endpoint) -> None:
+        """Send ``raw`` to ``key``'s upstream: the open one, or a new one after a retire."""
         if self.up is not None and not self.up_done and key == self.key:
             self._remember_route(raw)
             self._forward_head(raw)
@@ -338,16 +343,9 @@ class HttpConn(Relay):
         self.client_readable()
 
     def _forward_head(self, raw: bytes) -> None:
-        head, flow, cfg = self.head, self.up_flow, self.ctx.cfg
+        head, flow = self.head, self.up_flow
         assert head is not None and flow is not None
-        if cfg.forwarded_headers:
-            if self.front is None:
-                self.front = bool(self.ctx.fronts) and self.peer[0] in self.ctx.fronts
-            if not self.front:
-                raw = rewrite_forwarded(
-                    raw, self.peer[0], head.host or b"", b"http", rfc7239=cfg.forwarded
-                )
-        flow.write(raw)
+        flow.write(self.outgoing(raw))
         self.dial_t = time.perf_counter()
         if head.chunked:
             self.chunk = ChunkedFraming()
@@ -357,6 +355,18 @@ class HttpConn(Relay):
             self.state = BODY
         else:
             self._end_request()
+
+    def outgoing(self, raw: bytes) -> bytes:
+        """The head as the VM gets it: with our X-Forwarded-* unless from a trusted front."""
+        cfg = self.ctx.cfg
+        if not cfg.forwarded_headers:
+            return raw
+        if self.front is None:
+            self.front = bool(self.ctx.fronts) and self.peer[0] in self.ctx.fronts
+        if self.front:
+            return raw
+        host = self.head.host if self.head is not None else None
+        return rewrite_forwarded(raw, self.peer[0], host or b"", b"http", rfc7239=cfg.forwarded)
 
     def _retire(self) -> None:
         """Shut the old upstream's write side; the next one opens when it has closed."""
@@ -439,6 +449,9 @@ class HttpConn(Relay):
 
     def fail(self, err: SpliceError) -> None:
         """Answer the current request with an error page, then close (lingering)."""
+        self._fail_with(err, ())
+
+    def _fail_with(self, err: SpliceError, headers: tuple[tuple[str, str], ...]) -> None:
         if self.closed or self.state == CLOSING:
             return
         self.outcome = err.code
@@ -449,6 +462,7 @@ class HttpConn(Relay):
             as_json=self.head is not None and self.head.wants_json,
             link_host=self.host.split(".", 1)[1] if "." in self.host else None,
             retry_after=_RETRY_AFTER.get(err.code),
+            headers=headers,
         )
         self.drop_upstream()
         self.retiring = False

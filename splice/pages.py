@@ -88,8 +88,12 @@ def render_error(
     link_host: str | None = None,
     scheme: str = "http",
     retry_after: int | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    """The whole response for ``err``; the connection is to be closed after it."""
+    """The whole response for ``err``; the connection is to be closed after it.
+
+    ``headers`` are extra fields (``Proxy-Authenticate``, ``Allow``), already safe.
+    """
     if as_json:
         body = _json_body(err)
         content_type = "application/json"
@@ -109,6 +113,7 @@ def render_error(
         lines.append(f"Content-Security-Policy: {_CSP}")
     if retry_after is not None:
         lines.append(f"Retry-After: {max(0, retry_after)}")
+    lines += [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
@@ -137,7 +142,9 @@ def _html_body(err: SpliceError, link_host: str | None, scheme: str) -> bytes:
         parts.append(f"<p>{escape(err.message)}</p>")
     if err.shed or err.port is not None:
         parts.append(f"<p>{_facts(err)}</p>")
-    parts.append(f"<p>{_HINTS[err.code].format(shed=shed, port=port)}</p>")
+    hint = _HINTS.get(err.code)
+    if hint:
+        parts.append(f"<p>{hint.format(shed=shed, port=port)}</p>")
     if err.ports:
         parts.append(_port_list(err, link_host, scheme))
     parts.append(f"<p><small>splice &middot; {err.status} {err.code}</small></p></body></html>\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from splice.errors import BackendError
 
@@ -40,3 +41,30 @@ def open_connection(address: str, port: int) -> socket.socket:
 def connect_result(sock: socket.socket) -> int:
     """0 when the connect finished well, else its errno."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+#: netfilter's SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST
+_SO_ORIGINAL_DST = 80
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where a connection REDIRECTed to us by iptables was going; None if it was not.
+
+    A connection that was not redirected reports our own address (or no conntrack
+    entry at all): both mean "no original destination".
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, _SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        else:
+            raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        local = sock.getsockname()
+    except OSError:
+        return None
+    if (addr, port) == tuple(local[:2]):
+        return None
+    return addr, port

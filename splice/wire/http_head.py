@@ -163,7 +163,7 @@ def _interpret(
         if chunked:
             raise ProtocolError("Transfer-Encoding is not allowed in HTTP/1.0")
         close = True
-    elif host is None:
+    elif host is None and method != b"CONNECT":
         raise ProtocolError("HTTP/1.1 request without a Host field")
     return Head(
         method, target, b"1." + minor, host, cl, chunked, has_upgrade and conn_upgrade,
