@@ -68,13 +68,16 @@ class Flow:
     def pump(self, short_ok: bool = False) -> int:
         """Move bytes until src is drained, dst is full, src ends, or the budget is spent.
 
-        ``short_ok``: the caller's edge-triggered event carried no hang-up, so a read
-        shorter than asked means src is drained; saves the recv that would say EAGAIN.
+        ``short_ok``: the caller's edge-triggered event carried no hang-up, so a
+        ``recv`` shorter than asked means src is drained; saves the recv that would
+        say EAGAIN. Never inferred for splice: a socket-to-pipe splice stops short when
+        the pipe runs out of buffer slots while the socket still holds data, and with
+        a full receive window no new edge would ever come.
         """
         if self.blocked:
             return BLOCKED
         if self.splicing:
-            r = self._splice(short_ok)
+            r = self._splice()
             if r >= 0:
                 return r
         src, dst = self.src, self.dst
@@ -101,20 +104,19 @@ class Flow:
                 return BLOCKED
             if n == CHUNK:
                 self.splicing = True
-                r = self._splice(short_ok)
+                r = self._splice()
                 if r >= 0:
                     return r
             elif short_ok and n < want:
                 return DRAINED
 
-    def _splice(self, short_ok: bool) -> int:
+    def _splice(self) -> int:
         """Splice until something stops us; -1 means no pipe is free: copy instead."""
         if self.pipe is None:
             self.pipe = self.pool.take()
             if self.pipe is None:
                 return -1
         r, w = self.pipe
-        short = False
         while True:
             if self.in_pipe == 0:
                 want = PIPE_SIZE if self.budget < 0 else min(self.budget, PIPE_SIZE)
@@ -133,7 +135,6 @@ class Flow:
                 self.nbytes += n
                 if self.budget > 0:
                     self.budget -= n
-                short = short_ok and n < want
             try:
                 self.in_pipe -= os.splice(r, self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
             except BlockingIOError:
@@ -141,9 +142,6 @@ class Flow:
             if self.in_pipe:
                 self.blocked = True
                 return BLOCKED
-            if short:
-                self._release()
-                return DRAINED
 
     def _release(self) -> None:
         if self.pipe is not None and self.in_pipe == 0:

@@ -1,0 +1,1 @@
+"""splice's bench suite: splice against direct and peer proxies, on loopback only."""

@@ -1,0 +1,388 @@
+"""Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
+
+    python -m bench.run --quick                       # < 4 minutes
+    python -m bench.run --full                        # ~15 minutes
+    python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
+
+Installs missing peers (apt) and matplotlib (pip), starts every process on its own
+free loopback port, measures each (round, scenario, target) in turn so drift hits
+every target alike, stops everything it started (also on Ctrl-C), and writes
+bench/results/<timestamp>.{json,md} + PNGs and latest.* copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import deps, report
+from bench.proc import Managed, raise_nofile
+from bench.scenarios import (
+    DEFAULT_SCENARIOS,
+    SCENARIO_NAMES,
+    Ctx,
+    Scenario,
+    Settings,
+    scenarios,
+)
+from bench.targets import REPO, TARGET_NAMES, Backend, Direct, Env, Target, all_targets, held_cap
+
+PROFILES = {
+    "quick": Settings(rounds=2, duration=2.0, warmup=0.3, held_rounds=1),
+    "full": Settings(rounds=3, duration=8.0, warmup=0.5, held_rounds=3),
+}
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, weights: list[float]) -> None:
+        self.total = sum(weights) or 1.0
+        self.count = len(weights)
+        self.done_w = 0.0
+        self.done_n = 0
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def show(self, label: str) -> None:
+        frac = self.done_w / self.total
+        bar = "#" * int(frac * 30)
+        el = time.monotonic() - self.t0
+        eta = f"~{el / frac - el:.0f}s left" if frac > 0.02 else ""
+        line = f"[{bar:<30}] {self.done_n}/{self.count} {el:4.0f}s {eta:>12} {label}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line[: shutil.get_terminal_size().columns - 1])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def step(self, weight: float) -> None:
+        self.done_w += weight
+        self.done_n += 1
+
+    def log(self, msg: str) -> None:
+        sys.stderr.write(("\r\x1b[K" if self.tty else "") + msg + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (out.stdout + out.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def sysinfo(nofile: int) -> dict[str, Any]:
+    """Everything needed to know whether two result files are comparable."""
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    mem = next((ln for ln in _read("/proc/meminfo").splitlines() if ln.startswith("MemTotal")), "")
+    status = _cmd(["git", "-C", str(REPO), "status", "--porcelain"])
+
+    def first(argv: list[str]) -> str:
+        return (_cmd(argv).splitlines() or ["unknown"])[0]
+
+    tools = {
+        "wrk": first(["wrk", "-v"]),
+        "curl": first(["curl", "--version"]),
+        "openssl": first(["openssl", "version"]),
+        "python": sys.version.split()[0],
+    }
+    for mod in ("uvloop", "matplotlib"):
+        try:
+            tools[mod] = __import__(mod).__version__
+        except Exception:
+            tools[mod] = "missing"
+    return {
+        "kernel": platform.release(),
+        "uname": " ".join(os.uname()),
+        "cpu": {"model": model, "count": os.cpu_count()},
+        "mem_gib": int(mem.split()[1]) / 2**20 if mem else 0,
+        "git": {
+            "commit": _cmd(["git", "-C", str(REPO), "rev-parse", "HEAD"]) or "unknown",
+            "branch": _cmd(["git", "-C", str(REPO), "rev-parse", "--abbrev-ref", "HEAD"]),
+            "dirty": bool(status),
+        },
+        "tools": tools,
+        "sysctl": {
+            k: _read(f"/proc/sys/{k.replace('.', '/')}")
+            for k in (
+                "net.core.somaxconn",
+                "net.ipv4.tcp_tw_reuse",
+                "net.ipv4.ip_local_port_range",
+                "net.ipv4.tcp_congestion_control",
+            )
+        },
+        "rlimit_nofile": nofile,
+        "loadavg_start": _read("/proc/loadavg"),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="2 rounds x 2 s (default)")
+    mode.add_argument("--full", action="store_true", help="3 rounds x 8 s")
+    ap.add_argument("--only", help=f"scenarios, comma-separated: {','.join(SCENARIO_NAMES)}")
+    ap.add_argument("--targets", help=f"targets, comma-separated: {','.join(TARGET_NAMES)}")
+    ap.add_argument("--rounds", type=int, help="override the profile's rounds")
+    ap.add_argument("--duration", type=float, help="override seconds per timed run")
+    ap.add_argument("--held", help="held connection counts, e.g. 2000,10000")
+    ap.add_argument(
+        "--haproxy-ref", default="haproxy-tcp", choices=["haproxy-tcp", "haproxy-http"],
+        help="the HAProxy column ratios divide by",
+    )  # fmt: skip
+    ap.add_argument("--splice-cmd", help="how to start splice; {python} and {config} expand")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--no-install", action="store_true", help="do not apt/pip install")
+    ap.add_argument("--keep-work", action="store_true", help="keep the temp dir (configs, logs)")
+    a = ap.parse_args(argv)
+    for opt, names in (("only", SCENARIO_NAMES), ("targets", TARGET_NAMES)):
+        val = getattr(a, opt)
+        if val:
+            bad = [x for x in val.split(",") if x not in names]
+            if bad:
+                ap.error(f"--{opt}: unknown {','.join(bad)} (choose from {','.join(names)})")
+    return a
+
+
+def settings_for(a: argparse.Namespace, nofile: int) -> tuple[Settings, list[str]]:
+    s = Settings(**asdict(PROFILES["full" if a.full else "quick"]))
+    notes = []
+    if a.rounds:
+        s.rounds = a.rounds
+        s.held_rounds = min(s.held_rounds, a.rounds)
+    if a.duration:
+        s.duration = a.duration
+    if a.held:
+        s.held_levels = tuple(int(x) for x in a.held.split(","))
+    cap = held_cap(nofile)
+    if any(n > cap for n in s.held_levels):
+        notes.append(
+            f"held connections capped at {cap} (RLIMIT_NOFILE hard limit {nofile}: an L4 proxy "
+            "needs 2 fds per held connection); labels keep the requested count"
+        )
+    return s, notes
+
+
+def _weight(sc: Scenario, s: Settings) -> float:
+    if sc.name == "held":
+        return sum(2 + n / 4000 for n in s.held_levels)
+    if sc.name == "bulk":
+        return 2.0
+    if sc.name == "coldcache":
+        return 0.1
+    return s.duration + s.warmup + 0.8
+
+
+def _supports(sc: Scenario, t: Target) -> bool:
+    if sc.proxy_only and isinstance(t, Direct):
+        return False
+    return getattr(t.ep, sc.needs) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    mode = "full" if a.full else "quick"
+    a.out.mkdir(parents=True, exist_ok=True)
+    warnings = [] if a.no_install else deps.ensure(a.out / "install.log")
+    for w in warnings:
+        print(f"bench: warning: {w}", file=sys.stderr)
+    if deps.essential_missing():
+        print(f"bench: cannot run without {deps.essential_missing()}", file=sys.stderr)
+        return 2
+    nofile = raise_nofile()
+    s, setting_notes = settings_for(a, nofile)
+    cap = held_cap(nofile)
+    s.held_levels = tuple(s.held_levels)
+    actual_levels = {n: min(n, cap) for n in s.held_levels}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second ^C must not
+            signal.signal(sig, signal.SIG_IGN)  # cut the cleanup short
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it may be
+        signal.signal(sig, on_signal)  # ignored when started in the background
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = Path(tempfile.mkdtemp(prefix="splice-bench-"))
+    env = Env(work=work, nofile=nofile)
+    if a.splice_cmd:
+        env.splice_cmd = a.splice_cmd
+    wanted = a.targets.split(",") if a.targets else TARGET_NAMES
+    targets = [t for t in all_targets() if t.name in wanted]
+    chosen = a.only.split(",") if a.only else DEFAULT_SCENARIOS
+    scs = [sc for sc in scenarios(s) if sc.name in chosen]
+
+    meta: dict[str, Any] = sysinfo(nofile)
+    meta.update(
+        started=stamp,
+        mode=mode,
+        argv=sys.argv,
+        settings=asdict(s),
+        held_actual=actual_levels,
+        haproxy_ref=a.haproxy_ref,
+        warnings=warnings + setting_notes,
+    )
+    res: dict[str, Any] = {"meta": meta, "targets": {}, "scenarios": {}}
+    for sc in scs:
+        res["scenarios"][sc.name] = {
+            "title": sc.title,
+            "metrics": [asdict(m) for m in sc.metrics],
+            "throughput": sc.throughput,
+            "latency": list(sc.latency),
+            "raw": {},
+            "note": " ".join(setting_notes) if sc.name == "held" else "",
+        }
+    if "coldcache" in res["scenarios"]:
+        res["scenarios"]["coldcache"]["note"] = (
+            "Reserved: waits for the shed-server resolver; see coldcache() in bench/scenarios.py."
+        )
+    t_start = time.monotonic()
+    backend = Backend(env)
+    progress: Progress | None = None
+    interrupted = False
+    try:
+        print(f"bench: {mode}, work dir {work}, RLIMIT_NOFILE {nofile}", file=sys.stderr)
+        backend.start()
+        live: list[Target] = []
+        for t in targets:
+            entry = res["targets"][t.name] = {
+                "version": t.version() if t.missing() is None else "-",
+                "tls_how": t.tls_how,
+                "skipped": t.missing(),
+                "notes": t.notes,
+            }
+            if entry["skipped"]:
+                print(f"bench: skip {t.name}: {entry['skipped']}", file=sys.stderr)
+                continue
+            try:
+                t.start(env, backend)
+                live.append(t)
+            except Exception as e:
+                entry["skipped"] = f"failed to start: {e}"[:600]
+                print(f"bench: skip {t.name}: {entry['skipped']}", file=sys.stderr)
+        if not live:
+            raise RuntimeError("no target could start")
+        rounds = max(getattr(s, sc.rounds_attr) for sc in scs)
+        plan = [
+            (r, sc, t)
+            for r in range(rounds)
+            for sc in scs
+            if r < getattr(s, sc.rounds_attr)
+            for t in live
+            if _supports(sc, t)
+        ]
+        progress = Progress([_weight(sc, s) for _, sc, _ in plan])
+        run_settings = Settings(**{**asdict(s), "held_levels": tuple(actual_levels.values())})
+        for r, sc, t in plan:
+            progress.show(f"r{r + 1} {sc.name} {t.name}")
+            figs = measure(sc, t, env, backend, run_settings, progress)
+            if sc.name == "held":  # label by requested count, not the capped one
+                figs = {_relabel(k, actual_levels): v for k, v in figs.items()}
+            figs["round"] = r + 1
+            res["scenarios"][sc.name]["raw"].setdefault(t.name, []).append(figs)
+            progress.step(_weight(sc, s))
+            time.sleep(s.settle)
+        progress.show("done")
+    except KeyboardInterrupt:
+        interrupted = True
+        print(
+            "\nbench: interrupted; stopping processes and writing partial results", file=sys.stderr
+        )
+    finally:
+        if progress:
+            progress.close()
+        for t in targets:
+            t.stop()
+        backend.stop()
+        Managed.stop_all()
+        if a.keep_work:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    meta["interrupted"] = interrupted
+    meta["elapsed_s"] = time.monotonic() - t_start
+    meta["loadavg_end"] = _read("/proc/loadavg")
+    write(res, a.out, stamp)
+    return 130 if interrupted else 0
+
+
+def _relabel(key: str, actual: dict[int, int]) -> str:
+    for want, got in actual.items():
+        if want != got and key.endswith(f"_{got}"):
+            return key[: -len(str(got))] + str(want)
+    return key
+
+
+def measure(
+    sc: Scenario, t: Target, env: Env, be: Backend, s: Settings, progress: Progress
+) -> dict[str, Any]:
+    """One scenario on one target; a failure is recorded, never fatal to the run."""
+    try:
+        if not t.alive():
+            t.notes.append(f"{t.name} had died before {sc.name}; restarted")
+            t.restart(env, be)
+        return sc.fn(Ctx(target=t, env=env, backend=be, s=s))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        progress.log(f"bench: {sc.name} on {t.name} failed: {e!r}"[:500])
+        return {"failed": f"{e!r}"[:500], "trace": traceback.format_exc()[-2000:], "errors": 1}
+
+
+def write(res: dict[str, Any], out: Path, stamp: str) -> None:
+    """JSON (everything), Markdown table, PNG plots; then the latest.* copies."""
+    for sc in res["scenarios"].values():
+        sc["summary"] = report.summarize(sc["raw"], [m["key"] for m in sc["metrics"]])
+    base = out / stamp
+    Path(f"{base}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    try:
+        pngs = report.plots(res, base)
+    except Exception as e:  # a plotting failure must not lose the numbers
+        print(f"bench: plots failed: {e!r}", file=sys.stderr)
+        pngs = []
+    kinds = tuple(p.stem.rsplit("-", 1)[1] for p in pngs)
+    Path(f"{base}.md").write_text(report.markdown(res, stamp, kinds))
+    (out / "latest.md").write_text(report.markdown(res, "latest", kinds))
+    shutil.copyfile(f"{base}.json", out / "latest.json")
+    for old in out.glob("latest-*.png"):  # no stale plot from an earlier, wider run
+        old.unlink()
+    for p in pngs:
+        shutil.copyfile(p, out / p.name.replace(stamp, "latest"))
+    print(
+        f"bench: wrote {base}.md (+ .json, {len(pngs)} PNGs) and {out}/latest.md", file=sys.stderr
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""The scenarios: one function per scenario, one call per (target, round).
+
+Each returns a flat dict of figures (None when not applicable) plus ``errors`` (a
+count) and ``note``. Load generators are separate processes (wrk, curl, the Python
+clients in bench/) so the orchestrator never competes with what it measures; the
+proxy's CPU, RSS and fds are read from /proc around each run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.proc import cpu_seconds, fd_count, rss_kib, run
+from bench.targets import BIG_BYTES, HOST, REPO, WS_HOST, Backend, Env, Target
+
+Figures = dict[str, Any]
+
+
+@dataclass
+class Settings:
+    """Durations and sizes for one run; --quick and --full pick different ones."""
+
+    rounds: int = 3
+    duration: float = 8.0
+    warmup: float = 0.5
+    wrk_conns: int = 64
+    ws_conns: int = 64
+    ws_size: int = 1024
+    tls_conns: int = 16
+    bulk_bytes: int = BIG_BYTES
+    held_levels: tuple[int, ...] = (2000, 10000)
+    held_rounds: int = 3
+    settle: float = 0.3
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_better: bool
+    fmt: str = "{:,.0f}"
+
+
+@dataclass
+class Ctx:
+    target: Target
+    env: Env
+    backend: Backend
+    s: Settings
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    #: which endpoint the target must offer: "http", "ws" or "tls"
+    needs: str
+    metrics: tuple[Metric, ...]
+    fn: Callable[[Ctx], Figures]
+    #: the metric drawn in the throughput plot, and the latency ones
+    throughput: str | None = None
+    latency: tuple[str, ...] = ()
+    #: targets without a proxy process have nothing to measure here
+    proxy_only: bool = False
+    rounds_attr: str = "rounds"
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- helpers
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(out: str) -> Figures:
+    """req/s, total requests, latency percentiles (ms) and error counts from wrk output."""
+    fig: Figures = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    fig["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    fig["requests"] = int(m.group(1)) if m else None
+    for q, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        fig[f"p{q}_ms"] = float(val) * _UNIT[unit]
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        fig["sock_errors"] = {
+            k: int(v)
+            for k, v in zip(("connect", "read", "write", "timeout"), m.groups(), strict=True)
+        }
+        # a peer closing after "Connection: close" shows as read errors; only count the rest
+        errors += int(m.group(1)) + int(m.group(3)) + int(m.group(4))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        fig["non2xx"] = int(m.group(1))
+        errors += int(m.group(1))
+    fig["errors"] = errors
+    return fig
+
+
+def _cpu(ctx: Ctx) -> tuple[list[int], float]:
+    pids = ctx.target.pids()
+    return pids, cpu_seconds(pids)
+
+
+def _python_client(ctx: Ctx, module: str, args: list[str], timeout: float) -> Figures:
+    argv = [ctx.env.python, "-m", module, *args]
+    out = run(argv, timeout=timeout, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{module} gave no result (rc {out.returncode}): {out.stderr[-400:]}")
+    result: Figures = json.loads(lines[-1])
+    return result
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def _wrk(ctx: Ctx, close: bool) -> Figures:
+    port = ctx.target.ep.http
+    argv = ["wrk", "-t1", f"-c{ctx.s.wrk_conns}", f"-d{ctx.s.duration:g}s", "--latency"]
+    argv += ["-H", f"Host: {HOST}"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}/small")
+    pids, c0 = _cpu(ctx)
+    out = run(argv, timeout=ctx.s.duration + 30)
+    c1 = cpu_seconds(pids)
+    fig = parse_wrk(out.stdout)
+    if fig["rps"] is None:
+        raise RuntimeError(f"wrk failed (rc {out.returncode}): {out.stderr[-300:]}")
+    n = fig.get("requests") or 0
+    fig["cpu_us_per_req"] = (c1 - c0) * 1e6 / n if pids and n else None
+    return fig
+
+
+def keepalive(ctx: Ctx) -> Figures:
+    """Reused connections: what the proxy costs per request once routed."""
+    return _wrk(ctx, close=False)
+
+
+def newconn(ctx: Ctx) -> Figures:
+    """A new TCP connection per request: accept + route + dial cost."""
+    return _wrk(ctx, close=True)
+
+
+def bulk(ctx: Ctx) -> Figures:
+    """One 1 GiB download: the zero-copy path's throughput and CPU per GiB."""
+    port = ctx.target.ep.http
+    argv = [
+        "curl", "-s", "-o", "/dev/null", "--max-time", "30", "-H", f"Host: {HOST}",
+        "--speed-limit", "50000000", "--speed-time", "3",  # < 50 MB/s for 3 s: a stall
+        "-w", "%{http_code} %{size_download} %{time_total}", f"http://127.0.0.1:{port}/big",
+    ]  # fmt: skip
+    pids, c0 = _cpu(ctx)
+    out = run(argv, timeout=45)
+    c1 = cpu_seconds(pids)
+    parts = out.stdout.split()
+    if len(parts) != 3 or parts[0] != "200" or int(parts[1]) != ctx.s.bulk_bytes:
+        # a short or stalled transfer has no meaningful rate: record it as a failure
+        raise RuntimeError(
+            f"curl rc {out.returncode} (code, bytes, seconds = {out.stdout}; "
+            f"want {ctx.s.bulk_bytes} bytes) {out.stderr[-200:]}"
+        )
+    size, secs = int(parts[1]), float(parts[2])
+    return {
+        "gbps": size / secs / 1e9,
+        "seconds": secs,
+        "bytes": size,
+        "cpu_s_per_gib": (c1 - c0) / (size / (1 << 30)) if pids else None,
+        "errors": 0,
+    }
+
+
+def websocket(ctx: Ctx) -> Figures:
+    """64 connections of 1 KiB echo round trips: frames relayed after an Upgrade."""
+    s = ctx.s
+    args = ["--port", str(ctx.target.ep.ws), "--host-header", WS_HOST]
+    args += ["--conns", str(s.ws_conns), "--size", str(s.ws_size)]
+    args += ["--duration", f"{s.duration:g}", "--warmup", f"{s.warmup:g}"]
+    pids, c0 = _cpu(ctx)
+    fig = _python_client(ctx, "bench.ws_load", args, timeout=s.duration + s.warmup + 40)
+    c1 = cpu_seconds(pids)
+    fig["cpu_us_per_msg"] = (c1 - c0) * 1e6 / fig["msgs"] if pids and fig["msgs"] else None
+    if fig.get("opened", 0) < s.ws_conns:
+        fig["errors"] = fig.get("errors", 0) + s.ws_conns - fig.get("opened", 0)
+    return fig
+
+
+def tls(ctx: Ctx) -> Figures:
+    """New TLS connections through an SNI router: handshake latency and rate."""
+    s = ctx.s
+    args = ["--port", str(ctx.target.ep.tls), "--sni", HOST, "--conns", str(s.tls_conns)]
+    args += ["--duration", f"{s.duration:g}", "--warmup", f"{s.warmup:g}"]
+    pids, c0 = _cpu(ctx)
+    fig = _python_client(ctx, "bench.tls_load", args, timeout=s.duration + s.warmup + 40)
+    c1 = cpu_seconds(pids)
+    fig["cpu_us_per_conn"] = (c1 - c0) * 1e6 / fig["done"] if pids and fig["done"] else None
+    return fig
+
+
+def _hold_once(ctx: Ctx, n: int) -> Figures:
+    """Fresh proxy, baseline, open n idle keep-alive connections, read /proc, release."""
+    ctx.target.restart(ctx.env, ctx.backend)
+    port = ctx.target.ep.http
+    assert port is not None
+    common = ["--port", str(port), "--host-header", HOST]
+    # warm the code paths and buffers once so the baseline is not a cold interpreter
+    _python_client(ctx, "bench.hold", [*common, "--conns", "32", "--max-hold", "0.2"], 30)
+    time.sleep(ctx.s.settle)
+    pids = ctx.target.pids()
+    rss0, fd0 = rss_kib(pids), fd_count(pids)
+    argv = [ctx.env.python, "-m", "bench.hold", *common, "--conns", str(n), "--max-hold", "120"]
+    p = subprocess.Popen(
+        argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        ready, _, _ = select.select([p.stdout], [], [], 90)
+        line = p.stdout.readline() if ready else ""
+        if not line.startswith("ready"):
+            raise RuntimeError(f"hold client not ready: {line!r}")
+        ok = int(line.split()[1])
+        time.sleep(max(1.0, ctx.s.settle))
+        pids = ctx.target.pids()
+        rss1, fd1 = rss_kib(pids), fd_count(pids)
+        alive = ctx.target.alive()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    return {
+        "conns": n,
+        "ok": ok,
+        "still_open": summary.get("still_open"),
+        "open_s": summary.get("open_s"),
+        "rss_base_kib": rss0,
+        "rss_held_kib": rss1,
+        "kib_per_conn": (rss1 - rss0) / ok if ok else None,
+        "fds_per_conn": (fd1 - fd0) / ok if ok else None,
+        "errors": (n - ok) + (0 if alive else 1),
+    }
+
+
+def held(ctx: Ctx) -> Figures:
+    """Idle keep-alive connections held through the proxy: memory and fds per connection."""
+    fig: Figures = {"errors": 0}
+    for n in ctx.s.held_levels:
+        one = _hold_once(ctx, n)
+        fig[f"kib_per_conn_{n}"] = one["kib_per_conn"]
+        fig[f"fds_per_conn_{n}"] = one["fds_per_conn"]
+        fig[f"detail_{n}"] = one
+        fig["errors"] += one["errors"]
+    return fig
+
+
+def coldcache(ctx: Ctx) -> Figures:
+    """Reserved: first request for a shed the resolver has not cached (needs the
+    shed-server resolver). Hook: fill in once a resolver target can be started."""
+    return {"errors": 0, "note": "reserved; not measured yet"}
+
+
+# ---------------------------------------------------------------- registry
+
+_F2 = "{:,.2f}"
+_F3 = "{:,.3f}"
+
+
+def scenarios(s: Settings) -> list[Scenario]:
+    """Every scenario in run order; held metrics depend on the levels chosen."""
+    held_metrics: list[Metric] = []
+    for n in s.held_levels:
+        held_metrics.append(Metric(f"kib_per_conn_{n}", f"KiB/conn @{n}", False, "{:,.1f}"))
+        held_metrics.append(Metric(f"fds_per_conn_{n}", f"fds/conn @{n}", False, _F2))
+    return [
+        Scenario(
+            "keepalive", f"wrk -c{s.wrk_conns} keep-alive GET /small", "http",
+            (Metric("rps", "req/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}")),
+            keepalive, "rps", ("p50_ms", "p99_ms"),
+        ),
+        Scenario(
+            "newconn", f"wrk -c{s.wrk_conns} Connection: close GET /small", "http",
+            (Metric("rps", "req/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}")),
+            newconn, "rps", ("p50_ms", "p99_ms"),
+        ),
+        Scenario(
+            "bulk", "curl GET /big (1 GiB)", "http",
+            (Metric("gbps", "GB/s", True, _F2),
+             Metric("cpu_s_per_gib", "proxy CPU s/GiB", False, _F3)),
+            bulk, "gbps",
+        ),
+        Scenario(
+            "websocket", f"{s.ws_conns} WebSocket conns, {s.ws_size} B echo", "ws",
+            (Metric("msgs_per_s", "msgs/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_msg", "proxy CPU µs/msg", False, "{:,.1f}")),
+            websocket, "msgs_per_s", ("p50_ms", "p99_ms"),
+        ),
+        Scenario(
+            "held", "idle keep-alive connections held", "http", tuple(held_metrics),
+            held, None, (), proxy_only=True, rounds_attr="held_rounds",
+        ),
+        Scenario(
+            "tls", f"{s.tls_conns} workers: new TLS conn + GET /small", "tls",
+            (Metric("conns_per_s", "conns/s", True), Metric("hs_p50_ms", "hs p50 ms", False, _F3),
+             Metric("hs_p99_ms", "hs p99 ms", False, _F3),
+             Metric("cpu_us_per_conn", "proxy CPU µs/conn", False, "{:,.1f}")),
+            tls, "conns_per_s", ("hs_p50_ms", "hs_p99_ms"),
+        ),
+        Scenario(
+            "coldcache", "reserved: uncached shed lookup", "http", (), coldcache,
+            rounds_attr="rounds",
+        ),
+    ]  # fmt: skip
+
+
+SCENARIO_NAMES = [sc.name for sc in scenarios(Settings())]
+#: run by default; coldcache only when asked for with --only
+DEFAULT_SCENARIOS = [n for n in SCENARIO_NAMES if n != "coldcache"]

@@ -1,0 +1,572 @@
+"""The backend ("VM") and every target: config text, start, stop, and which PIDs to measure.
+
+Each target is started with one worker (nginx worker_processes 1, haproxy nbthread 1,
+caddy GOMAXPROCS=1, splice and sniproxy single process) on fresh loopback ports, and
+routes by Host (HTTP) or SNI (TLS) exactly as splice does, so one client command line
+serves every target. Configs are written into the run's temp dir and kept in the log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.proc import Managed, StartError, free_ports, tree, wait_port
+
+DOMAIN = "bench.test"
+HOST = f"alpha.{DOMAIN}"  # the shed serving /small and /big (and TLS)
+WS_HOST = f"wsecho.{DOMAIN}"  # the shed running the WebSocket echo server
+SMALL_BYTES = 1024
+BIG_BYTES = 1 << 30
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Env:
+    """What every target needs to know about this run."""
+
+    work: Path
+    nofile: int
+    python: str = sys.executable
+    splice_cmd: str = "{python} -m splice serve -c {config}"
+
+    def dir(self, name: str) -> Path:
+        d = self.work / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+@dataclass
+class Endpoints:
+    """Loopback ports a client dials for each kind of traffic (None: not offered)."""
+
+    http: int | None = None
+    ws: int | None = None
+    tls: int | None = None
+
+
+def _nginx_head(d: Path, nofile: int, *, stream: bool = False) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    load = f"load_module {NGINX_STREAM_MODULE};\n" if stream else ""
+    temps = "\n".join(
+        f"  {k}_temp_path {d}/tmp/{k};"
+        for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (d / "tmp").mkdir(exist_ok=True)
+    return f"""{load}{user}worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {max(1024, nofile - 64)}; multi_accept on; }}
+http {{
+  access_log off;
+  default_type application/octet-stream;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 300s; keepalive_requests 100000000;
+{temps}
+"""
+
+
+def _nginx_argv(d: Path, conf: Path) -> list[str]:
+    return ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")]
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+#: pipes for splice(2) in HAProxy: each costs 2 fds, and the default (maxconn/4)
+#: would not fit 10k held connections under a 20k RLIMIT_NOFILE
+HAPROXY_MAXPIPES = 256
+
+
+def haproxy_maxconn(nofile: int) -> int:
+    """The most connections HAProxy may take: 2 fds each plus its pipes must fit."""
+    return (nofile - 2 * HAPROXY_MAXPIPES - 100) // 2
+
+
+def held_cap(nofile: int) -> int:
+    """The most held connections every target can take (an L4 proxy needs 2 fds each)."""
+    return haproxy_maxconn(nofile) // 100 * 100
+
+
+class Backend:
+    """The "VM": nginx with /small (1 KiB) and /big (1 GiB sparse, sendfile) over HTTP and
+    TLS, plus bench/ws_echo.py. Every target forwards here."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.procs: list[Managed] = []
+        self.http = self.tls = self.ws = 0
+        self.cert = self.key = Path()
+
+    def start(self) -> None:
+        d = self.env.dir("backend")
+        www = d / "www"
+        www.mkdir(exist_ok=True)
+        (www / "small").write_bytes(b"x" * (SMALL_BYTES - 1) + b"\n")
+        with (www / "big").open("wb") as f:
+            f.truncate(BIG_BYTES)  # sparse: instant, no disk used
+        with (www / "big").open("rb") as f:  # fault it into the page cache once, so the
+            while f.readinto(bytearray(1 << 20)):  # first target measured is not
+                pass  # the one that pays for it
+        self.cert, self.key = d / "cert.pem", d / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(self.key), "-out", str(self.cert), "-days", "2",
+             "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST},DNS:*.{DOMAIN}"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.http, self.tls, self.ws = free_ports(3)
+        conf = d / "nginx.conf"
+        conf.write_text(
+            _nginx_head(d, self.env.nofile)
+            + f"""  server {{
+    listen 127.0.0.1:{self.http} backlog=4096;
+    root {www};
+  }}
+  server {{
+    listen 127.0.0.1:{self.tls} ssl backlog=4096;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    root {www};
+  }}
+}}
+"""
+        )
+        nginx = Managed("backend-nginx", _nginx_argv(d, conf), d / "nginx.log")
+        self.procs.append(nginx)
+        ws = Managed(
+            "backend-ws-echo",
+            [self.env.python, "-m", "bench.ws_echo", "--port", str(self.ws)],
+            d / "ws_echo.log",
+            cwd=REPO,
+        )
+        self.procs.append(ws)
+        for port, p in ((self.http, nginx), (self.tls, nginx), (self.ws, ws)):
+            wait_port(port, p)
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(http=self.http, ws=self.ws, tls=self.tls)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+
+@dataclass
+class Target:
+    """One thing clients dial. Subclasses write a config and start processes."""
+
+    name: str
+    binary: str | None = None
+    #: how this target routes TLS (None: no TLS listener)
+    tls_how: str | None = None
+    procs: list[Managed] = field(default_factory=list)
+    ep: Endpoints = field(default_factory=Endpoints)
+    notes: list[str] = field(default_factory=list)
+
+    def missing(self) -> str | None:
+        """Why this target cannot run here (None when it can)."""
+        if self.binary and shutil.which(self.binary) is None:
+            return f"{self.binary} not installed"
+        return None
+
+    def start(self, env: Env, be: Backend) -> Endpoints:
+        self.ep = self._start(env, be)
+        return self.ep
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    def restart(self, env: Env, be: Backend) -> Endpoints:
+        """A fresh process (fresh ports too: no TIME_WAIT bind surprises)."""
+        self.stop()
+        return self.start(env, be)
+
+    def alive(self) -> bool:
+        return all(p.alive() for p in self.procs)
+
+    def pids(self) -> list[int]:
+        """The process tree to read CPU, RSS and fds from (empty: nothing to measure)."""
+        return tree(p.pid for p in self.procs)
+
+    def version(self) -> str:
+        return "-"
+
+    def _spawn(
+        self,
+        env: Env,
+        argv: list[str],
+        ports: list[int],
+        *,
+        proc_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Managed:
+        d = env.dir(self.name)
+        p = Managed(self.name, argv, d / "process.log", env=proc_env, cwd=cwd)
+        self.procs.append(p)
+        for port in ports:
+            wait_port(port, p)
+        return p
+
+
+class Direct(Target):
+    """No proxy: the client dials the backend. The baseline every ratio divides by."""
+
+    def __init__(self) -> None:
+        super().__init__("direct", tls_how="backend nginx")
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        return be.endpoints()
+
+    def pids(self) -> list[int]:
+        return []
+
+
+class Splice(Target):
+    """splice itself: HTTP listener (Host) plus a tls-passthrough listener (SNI)."""
+
+    def __init__(self) -> None:
+        super().__init__("splice", tls_how="tls-passthrough (SNI)")
+
+    def missing(self) -> str | None:
+        if importlib.util.find_spec("splice") is None:
+            return "splice package not importable"
+        if importlib.util.find_spec("splice.cli") is None:
+            return "splice.cli not written yet"
+        return None
+
+    def _config(self, http: int, tls: int | None, be: Backend) -> str:
+        tls_listen = (
+            f'\n[[listen]]\naddress = "127.0.0.1:{tls}"\nmode = "tls-passthrough"\n' if tls else ""
+        )
+        return f"""domains = ["{DOMAIN}"]
+default_port = 8080
+access_log = false  # like every peer here: no per-connection log line
+
+[[listen]]
+address = "127.0.0.1:{http}"
+mode = "http"
+{tls_listen}
+[sheds.alpha]
+address = "127.0.0.1"
+default_port = {be.http}
+tls_port = {be.tls}
+
+[sheds.wsecho]
+address = "127.0.0.1"
+default_port = {be.ws}
+"""
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        http, tls = free_ports(2)
+        conf = d / "splice.toml"
+        for tls_port in (tls, None):  # fall back to HTTP only while TLS is not there yet
+            conf.write_text(self._config(http, tls_port, be))
+            argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
+            try:
+                ports = [http] + ([tls_port] if tls_port else [])
+                self._spawn(env, argv, ports, cwd=REPO)
+                return Endpoints(http=http, ws=http, tls=tls_port)
+            except StartError as e:
+                self.stop()
+                if tls_port is None:
+                    raise
+                self.notes.append(f"tls-passthrough listener refused; HTTP only: {e}"[:400])
+        raise AssertionError("unreachable")
+
+    def version(self) -> str:
+        import splice
+
+        return f"splice {splice.__version__}"
+
+
+class HaproxyTcp(Target):
+    """HAProxy in mode tcp with option splice-auto: an L4 forwarder per port, and an
+    SNI router (req.ssl_sni) for TLS. The zero-copy peer splice must match."""
+
+    def __init__(self) -> None:
+        super().__init__("haproxy-tcp", binary="haproxy", tls_how="req.ssl_sni")
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        http, ws, tls = free_ports(3)
+        maxconn = haproxy_maxconn(env.nofile)
+        conf = d / "haproxy.cfg"
+        conf.write_text(f"""global
+  maxconn {maxconn}
+  maxpipes {HAPROXY_MAXPIPES}
+  nbthread 1
+
+defaults
+  mode tcp
+  maxconn {maxconn}
+  option splice-auto
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout tunnel 300s
+
+frontend http_in
+  bind 127.0.0.1:{http}
+  default_backend alpha_http
+
+frontend ws_in
+  bind 127.0.0.1:{ws}
+  default_backend wsecho
+
+frontend tls_in
+  bind 127.0.0.1:{tls}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if {{ req.ssl_hello_type 1 }}
+  use_backend alpha_tls if {{ req.ssl_sni -i {HOST} }}
+
+backend alpha_http
+  server s1 127.0.0.1:{be.http}
+
+backend wsecho
+  server s1 127.0.0.1:{be.ws}
+
+backend alpha_tls
+  server s1 127.0.0.1:{be.tls}
+""")
+        self._spawn(env, ["haproxy", "-db", "-f", str(conf)], [http, ws, tls])
+        return Endpoints(http=http, ws=ws, tls=tls)
+
+    def version(self) -> str:
+        return _version(["haproxy", "-v"])
+
+
+class HaproxyHttp(Target):
+    """HAProxy in mode http routing on Host, with keep-alive and server connection reuse:
+    the full L7 peer (parses every request)."""
+
+    def __init__(self) -> None:
+        super().__init__("haproxy-http", binary="haproxy")
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        (http,) = free_ports(1)
+        maxconn = haproxy_maxconn(env.nofile)
+        conf = d / "haproxy.cfg"
+        conf.write_text(f"""global
+  maxconn {maxconn}
+  maxpipes {HAPROXY_MAXPIPES}
+  nbthread 1
+
+defaults
+  mode http
+  maxconn {maxconn}
+  option splice-auto
+  option http-keep-alive
+  http-reuse safe
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout tunnel 300s
+  timeout http-request 10s
+  timeout http-keep-alive 300s
+
+frontend http_in
+  bind 127.0.0.1:{http}
+  use_backend alpha if {{ hdr(host) -i {HOST} }}
+  use_backend wsecho if {{ hdr(host) -i {WS_HOST} }}
+
+backend alpha
+  server s1 127.0.0.1:{be.http}
+
+backend wsecho
+  server s1 127.0.0.1:{be.ws}
+""")
+        self._spawn(env, ["haproxy", "-db", "-f", str(conf)], [http])
+        return Endpoints(http=http, ws=http)
+
+    def version(self) -> str:
+        return _version(["haproxy", "-v"])
+
+
+class NginxProxy(Target):
+    """nginx proxy_pass with upstream keepalive (server_name routing), and a stream
+    server with ssl_preread routing on SNI."""
+
+    def __init__(self) -> None:
+        super().__init__("nginx", binary="nginx", tls_how="stream ssl_preread")
+
+    def missing(self) -> str | None:
+        why = super().missing()
+        if why is None and not NGINX_STREAM_MODULE.exists():
+            return f"{NGINX_STREAM_MODULE} missing (apt-get install libnginx-mod-stream)"
+        return why
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        http, tls = free_ports(2)
+        conf = d / "nginx.conf"
+        conf.write_text(
+            _nginx_head(d, env.nofile, stream=True)
+            + f"""  upstream alpha {{ server 127.0.0.1:{be.http}; keepalive 256; }}
+  upstream wsecho {{ server 127.0.0.1:{be.ws}; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  proxy_http_version 1.1;
+  proxy_max_temp_file_size 0;
+  proxy_read_timeout 300s;
+  proxy_send_timeout 300s;
+  proxy_set_header Host $host;
+  server {{
+    listen 127.0.0.1:{http} backlog=4096 default_server;
+    return 404;
+  }}
+  server {{
+    listen 127.0.0.1:{http};
+    server_name {HOST};
+    location / {{ proxy_pass http://alpha; proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen 127.0.0.1:{http};
+    server_name {WS_HOST};
+    location / {{
+      proxy_pass http://wsecho;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+    }}
+  }}
+}}
+stream {{
+  map $ssl_preread_server_name $tls_upstream {{
+    {HOST} 127.0.0.1:{be.tls};
+    default 127.0.0.1:9;
+  }}
+  server {{
+    listen 127.0.0.1:{tls} backlog=4096;
+    ssl_preread on;
+    proxy_pass $tls_upstream;
+    proxy_timeout 300s;
+  }}
+}}
+"""
+        )
+        self._spawn(env, _nginx_argv(d, conf), [http, tls])
+        return Endpoints(http=http, ws=http, tls=tls)
+
+    def version(self) -> str:
+        return _version(["nginx", "-v"])
+
+
+class Caddy(Target):
+    """Caddy reverse_proxy (Go; GOMAXPROCS=1 for one worker), site per Host."""
+
+    def __init__(self) -> None:
+        super().__init__("caddy", binary="caddy")
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        (http,) = free_ports(1)
+        conf = d / "Caddyfile"
+        conf.write_text(f"""{{
+\tadmin off
+\tauto_https off
+\tstorage file_system {d}/storage
+\tservers {{
+\t\ttimeouts {{
+\t\t\tidle 5m
+\t\t}}
+\t}}
+}}
+
+http://{HOST}:{http} {{
+\tbind 127.0.0.1
+\treverse_proxy 127.0.0.1:{be.http}
+}}
+
+http://{WS_HOST}:{http} {{
+\tbind 127.0.0.1
+\treverse_proxy 127.0.0.1:{be.ws}
+}}
+""")
+        envv = dict(os.environ)
+        envv.update(
+            GOMAXPROCS="1",
+            HOME=str(d),
+            XDG_CONFIG_HOME=str(d / "config"),
+            XDG_DATA_HOME=str(d / "data"),
+        )
+        argv = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+        self._spawn(env, argv, [http], proc_env=envv)
+        return Endpoints(http=http, ws=http)
+
+    def version(self) -> str:
+        return "caddy " + _version(["caddy", "version"])
+
+
+class Sniproxy(Target):
+    """sniproxy: reads the first request's Host (http listener) or the SNI (tls listener),
+    then relays bytes: the closest peer to splice's design."""
+
+    def __init__(self) -> None:
+        super().__init__("sniproxy", binary="sniproxy", tls_how="tls listener (SNI)")
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        http, tls = free_ports(2)
+        esc = HOST.replace(".", "\\\\.")
+        wesc = WS_HOST.replace(".", "\\\\.")
+        conf = d / "sniproxy.conf"
+        conf.write_text(f"""pidfile {d}/sniproxy.pid
+error_log {{
+    filename {d}/error.log
+    priority notice
+}}
+listener 127.0.0.1:{http} {{
+    protocol http
+    table http_hosts
+}}
+listener 127.0.0.1:{tls} {{
+    protocol tls
+    table tls_hosts
+}}
+table http_hosts {{
+    ^{esc}$ 127.0.0.1:{be.http}
+    ^{wesc}$ 127.0.0.1:{be.ws}
+}}
+table tls_hosts {{
+    ^{esc}$ 127.0.0.1:{be.tls}
+}}
+""")
+        argv = ["sniproxy", "-f", "-c", str(conf), "-n", str(env.nofile)]
+        self._spawn(env, argv, [http, tls])
+        return Endpoints(http=http, ws=http, tls=tls)
+
+    def version(self) -> str:
+        return _version(["sniproxy", "-V"])
+
+
+def all_targets() -> list[Target]:
+    """Every target, in the order they are measured within a round."""
+    return [Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy()]
+
+
+TARGET_NAMES = [t.name for t in all_targets()]
