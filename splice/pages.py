@@ -22,6 +22,7 @@ REASONS: dict[int, str] = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -48,6 +49,19 @@ _HINTS: dict[str, str] = {
     "TOO_MANY_CONNECTIONS": "Try again shortly.",
     "UPSTREAM_TIMEOUT": "The shed may be overloaded; try again, or restart the shed.",
     "INTERNAL_ERROR": "This is a bug in splice; the proxy log has the details.",
+    "DESTINATION_DENIED": "Ask for the destination to be added to the egress policy's "
+    "<code>[forward] allow</code> list.",
+    "PORT_DENIED": "Use a port the egress policy allows (<code>[forward] ports</code>), "
+    "or name the port in an allow pattern.",
+    "PRIVATE_ADDRESS": "Private, loopback and link-local addresses are refused; "
+    "<code>[forward] allow_networks</code> can admit a network on purpose.",
+    "DNS_FAILED": "Check the name; the gateway's resolver could not find it.",
+    "PROXY_AUTH_REQUIRED": "Give the proxy user and password, e.g. "
+    "<code>curl -x http://USER:PASS@proxy:3128</code>.",
+    "REPLAY_MISS": "Record the exchange first (store mode <code>record</code> or "
+    "<code>record-new</code>), then replay.",
+    "TUNNEL_NOT_REPLAYABLE": "Enable <code>intercept_tls</code> to record HTTPS, "
+    "or replay plain HTTP only.",
 }
 
 #: a link host we will put in an href: host name or [v6] literal, optional :port, nothing else
