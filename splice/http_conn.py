@@ -83,7 +83,7 @@ class HttpConn(Relay):
             self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
             return
         ctx.head_deadlines.add(self, ctx.loop.time())
-        self.client_readable()
+        self.start()
 
     # -- the client -> VM direction ---------------------------------------------
 

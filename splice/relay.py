@@ -17,6 +17,7 @@ import ipaddress
 import select
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
@@ -73,6 +74,7 @@ class Relay:
         "outcome",
         "peer",
         "port",
+        "proxied_dst",
         "shed",
         "t0",
         "ufd",
@@ -93,6 +95,8 @@ class Relay:
         #: None: no PROXY header in use; True: one is required and not read yet;
         #: False: read, or this peer is not trusted to send one
         self.need_proxy: bool | None = None
+        #: the address the client reached, as a trusted front's PROXY header says
+        self.proxied_dst: tuple[str, int] | None = None
         if lc.accept_proxy:
             self.need_proxy = peer[0] in ctx.proxy_sources(lc)
         self.client = client
@@ -128,6 +132,21 @@ class Relay:
         ctx.reactor.register(self.cfd, self)
 
     # -- events ---------------------------------------------------------------
+
+    def guarded(self, step: Callable[[], None]) -> None:
+        """Run one step of this connection; its errors end this connection only."""
+        try:
+            step()
+        except SpliceError as e:
+            self.fail(e)
+        except OSError:
+            if self.outcome == "OK":
+                self.outcome = "RESET"
+            self.close()
+
+    def start(self) -> None:
+        """The first read, right at accept (the head is often there already)."""
+        self.guarded(self.client_readable)
 
     def on_event(self, fd: int, events: int) -> None:
         try:
@@ -311,7 +330,7 @@ class Relay:
         version = (sc.send_proxy if sc is not None else None) or self.lc.send_proxy
         if version is None:
             return b""
-        local = self.client.getsockname()[:2]
+        local = self.proxied_dst or self.client.getsockname()[:2]
         src, dst = _unmap(self.peer), _unmap(local)
         if version == "v1":
             return encode_v1(src, dst)
@@ -335,6 +354,7 @@ class Relay:
                 return False
             if info.src is not None:
                 self.peer = info.src
+            self.proxied_dst = info.dst
             del buf[: info.length]
             self.need_proxy = False
             return True

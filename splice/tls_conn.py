@@ -42,7 +42,7 @@ class TlsConn(Relay):
             self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
             return
         ctx.head_deadlines.add(self, ctx.loop.time())
-        self.client_readable()
+        self.start()
 
     @classmethod
     def accept(
@@ -123,6 +123,12 @@ class TlsConn(Relay):
         if err.code != "BAD_REQUEST" or self.hello is not None or self.inbuf[:1] == b"\x16":
             try:
                 self.client.send(render_alert(alert_for_code(err.code)))
+                self.client.shutdown(socket.SHUT_WR)
+                # unread bytes at close() would turn our FIN into a RST that can
+                # overtake the alert: take what the client already sent
+                for _ in range(16):
+                    if not self.client.recv(_READ):
+                        break
             except OSError:
                 pass
         self.close()
