@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from splice.config_ops import OPS_KEYS, AdminConfig, parse_ops
+from splice.egress.policy import ForwardPolicy, parse_forward_section
 from splice.errors import ConfigError
 from splice.routing.names import is_shed_name
 from splice.routing.policy import DeclaredPort, ShedPolicy
@@ -36,7 +38,11 @@ IDLE_TIMEOUT = 600.0
 #: seconds in-flight connections get to finish at SIGTERM
 DRAIN_TIMEOUT = 10.0
 
-LISTEN_MODES = ("http", "tls-passthrough")
+LISTEN_MODES = ("http", "tls-passthrough", "forward", "egress-http", "egress-tls")
+#: listener modes that dial destinations chosen by the client, under ``[forward]`` policy
+EGRESS_MODES = ("forward", "egress-http", "egress-tls")
+#: ``[forward]`` keys that belong to other features, not to the destination policy
+_FORWARD_EXTRA = ("store", "trust_bundle")
 DIAL_MODES = ("direct", "connect")
 RESOLVERS = ("static", "shed-api", "metadata")
 PROXY_VERSIONS = ("v1", "v2")
@@ -113,6 +119,17 @@ class Config:
     #: false: route only a connection's first request and splice the rest blind
     #: (the v0.1 behaviour, kept for benchmarks; unsafe behind a front that pools)
     route_each_request: bool = True
+    #: the egress gateway's destination policy; present when ``[forward]`` is given or
+    #: an egress listener exists (then with the defaults: any public host, ports 80/443)
+    forward: ForwardPolicy | None = None
+    #: ``[forward]`` keys of the record/replay store and upstream TLS trust, as given
+    forward_extra: Mapping[str, Any] = field(default_factory=dict)
+    #: worker processes sharing each listener (SO_REUSEPORT); 1: no supervisor
+    workers: int = 1
+    #: "text" or "json", for the log and the access log
+    log_format: str = "text"
+    #: the admin listener (/healthz, /readyz, /metrics, /routes, /reload); None: none
+    admin: AdminConfig | None = None
 
     def policy(self, shed: str) -> ShedPolicy:
         sc = self.sheds.get(shed)
@@ -125,7 +142,7 @@ _TOP_KEYS = {
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
     "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",
     "drain_timeout", "allow_clients", "forwarded_headers", "forwarded", "trusted_fronts",
-    "route_each_request",
+    "route_each_request", "forward", *OPS_KEYS,
 }  # fmt: skip
 
 
@@ -144,11 +161,11 @@ def load_config(path: str) -> Config:
 def parse_config(data: Mapping[str, Any]) -> Config:
     _no_unknown("", data, _TOP_KEYS)
     domains = tuple(_domain(f"domains[{i}]", d) for i, d in enumerate(_list(data, "domains")))
-    if not domains:
-        raise ConfigError("domains", "give at least one base domain, e.g. ['srv.example.io']")
     listen = tuple(_listen(f"listen[{i}]", v) for i, v in enumerate(_list(data, "listen")))
     if not listen:
         raise ConfigError("listen", "give at least one [[listen]] table with an address")
+    if not domains and any(lc.mode not in EGRESS_MODES for lc in listen):
+        raise ConfigError("domains", "give at least one base domain, e.g. ['srv.example.io']")
     sheds_raw = data.get("sheds", {})
     if not isinstance(sheds_raw, dict):
         raise ConfigError("sheds", "must be a table of [sheds.NAME] tables")
@@ -184,6 +201,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarded=_bool("forwarded", data.get("forwarded", False)),
         trusted_fronts=_cidrs("trusted_fronts", data),
         route_each_request=_bool("route_each_request", data.get("route_each_request", True)),
+        **_forward(data, listen),
+        **parse_ops(data),
     )
     for lc in cfg.listen:
         if (
@@ -193,6 +212,19 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         ):
             raise ConfigError("listen.fallback", f"no shed named {lc.fallback!r}")
     return cfg
+
+
+def _forward(data: Mapping[str, Any], listen: tuple[ListenConfig, ...]) -> dict[str, Any]:
+    raw = data.get("forward")
+    if raw is None and not any(lc.mode in EGRESS_MODES for lc in listen):
+        return {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("forward", "must be a table")
+    policy = {k: v for k, v in raw.items() if k not in _FORWARD_EXTRA}
+    extra = {k: v for k, v in raw.items() if k in _FORWARD_EXTRA}
+    return {"forward": parse_forward_section(policy), "forward_extra": extra}
 
 
 def _listen(key: str, v: Any) -> ListenConfig:

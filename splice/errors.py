@@ -30,6 +30,11 @@ CODES: dict[str, tuple[int, str]] = {
     "TOO_MANY_CONNECTIONS": (503, "Too many connections; try again shortly."),
     "UPSTREAM_TIMEOUT": (504, "The shed did not accept the connection in time."),
     "INTERNAL_ERROR": (500, "splice failed to handle the request."),
+    "DESTINATION_DENIED": (403, "The egress policy does not allow this destination."),
+    "PORT_DENIED": (403, "The egress policy does not allow this destination port."),
+    "PRIVATE_ADDRESS": (403, "The destination resolves to an address that may not be dialed."),
+    "DNS_FAILED": (502, "The destination name could not be resolved."),
+    "PROXY_AUTH_REQUIRED": (407, "The proxy needs a valid user name and password."),
 }
 
 

@@ -17,6 +17,7 @@ import os
 import resource
 import select
 import socket
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -102,6 +103,8 @@ class Listener:
         self.family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
         sock = socket.socket(self.family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if ctx.cfg.workers > 1:  # each worker's own socket gets a share of the connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # accepted sockets inherit TCP_NODELAY: set once here, not per connection
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((lc.host, lc.port))
@@ -133,7 +136,12 @@ class Listener:
                 continue
             client = socket.socket(family, stream, 0, cfd)
             client.setblocking(False)
-            factory(ctx, client, addr[:2], self.config)
+            try:
+                factory(ctx, client, addr[:2], self.config)
+            except Exception:
+                # a bug in one connection's set-up must not cost the rest of the batch
+                log.exception("setting up the connection from %s failed", addr[0])
+                client.close()
 
     def _back_off(self, e: OSError) -> None:
         now = self.ctx.loop.time()
@@ -166,6 +174,14 @@ def _http(ctx: Context, client: socket.socket, peer: tuple[str, int], lc: Listen
 def _factory(mode: str) -> Callable[..., Any]:
     if mode == "http":
         return _http
+    if mode in ("forward", "egress-http"):
+        from splice.forward_conn import ForwardConn
+
+        return ForwardConn
+    if mode == "egress-tls":
+        from splice.egress_tls import EgressTlsConn
+
+        return EgressTlsConn.accept
     from splice.tls_conn import TlsConn
 
     return TlsConn.accept
@@ -178,12 +194,14 @@ class Server:
         self.listeners: list[Listener] = []
         self.ctx: Context | None = None
         self._tick: asyncio.TimerHandle | None = None
+        #: resolver counts of chains replaced by reloads, so the totals never go back
+        self._resolved: Counter[str] = Counter()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
         cfg = self.cfg
-        access = AccessLog(self.access_stream) if cfg.access_log else None
+        access = AccessLog(self.access_stream, cfg.log_format) if cfg.access_log else None
         self.ctx = Context(loop, cfg, build_chain(cfg), access, build_ports(cfg))
         try:
             for lc in cfg.listen:
@@ -195,6 +213,14 @@ class Server:
         self._next_flush = loop.time() + FLUSH_EVERY
         self._next_idle = loop.time() + IDLE_SWEEP_EVERY
         self._tick = loop.call_later(SWEEP_EVERY, self._sweep)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``Metrics.snapshot`` with the active count and the resolver totals."""
+        ctx = self.ctx
+        assert ctx is not None
+        c, r = ctx.chain, self._resolved
+        res = {"hits": c.hits, "misses": c.misses, "stale": c.stale}
+        return ctx.metrics.snapshot(len(ctx.conns), {k: v + r[k] for k, v in res.items()})
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -238,6 +264,7 @@ class Server:
                 listener.close()
             raise
         old_chain = ctx.chain
+        self._resolved.update(hits=old_chain.hits, misses=old_chain.misses, stale=old_chain.stale)
         ctx.apply(cfg, build_chain(cfg), build_ports(cfg))
         self.cfg = cfg
         for k, listener in old.items():

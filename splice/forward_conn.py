@@ -1,0 +1,260 @@
+"""The egress gateway: a forward proxy, and transparent HTTP interception, for sandboxes.
+
+``mode = "forward"``: what ``curl -x``, ``http_proxy`` and VPNkit speak. Absolute-form
+requests (``GET http://host/path``) are routed on the URL's authority (a Host field
+that disagrees is ignored, RFC 9112 §3.2.2), rewritten to origin-form without the
+proxy's hop-by-hop fields, and spliced; each request on a keep-alive connection is
+routed on its own. ``CONNECT host:port`` dials, answers 200, and splices both ways.
+``mode = "egress-http"``: connections REDIRECTed to us; the name is the Host field,
+the port the original destination's.
+
+Every destination passes the policy twice: the name (globs, ports, per-client lists)
+and then every address it resolves to (no loopback, private, link-local... unless
+``allow_networks``). The socket connects to the very address that was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import TYPE_CHECKING
+
+from cachetools import TTLCache
+
+from splice.egress.addresses import dialable
+from splice.egress.authority import parse_authority, parse_ip_literal
+from splice.egress.passwords import authenticate
+from splice.errors import ProtocolError, RouteError, SpliceError
+from splice.http_conn import TUNNEL, HttpConn
+from splice.io.dial import original_destination
+from splice.relay import Key
+from splice.resolve.base import Endpoint
+from splice.routing.route import split_absolute_form
+from splice.wire.http_head import Head
+
+if TYPE_CHECKING:
+    from splice.config import ListenConfig
+    from splice.context import Context
+    from splice.egress.policy import ForwardPolicy
+
+#: what a client that sent CONNECT gets once the destination accepted
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# fields that belong to the client-proxy hop, and Host (we set it from the URL)
+_HOP_FIELDS = re.compile(
+    rb"\r\n(?:proxy-connection|proxy-authorization|keep-alive|te|trailer|host)[ \t]*:[^\r]*",
+    re.IGNORECASE,
+)
+_PROXY_AUTH = re.compile(rb"\r\nproxy-authorization[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
+_CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
+#: Proxy-Authorization values already checked -> user ("" = wrong); verifying is slow
+#: on purpose (scrypt), so each distinct header is verified once per 5 minutes
+_VERIFIED: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300.0)
+
+
+class _Verify(Exception):
+    """Credentials not seen before: verify them off the event loop, then route."""
+
+    def __init__(self, header: bytes) -> None:
+        self.header = header
+
+
+class ForwardConn(HttpConn):
+    __slots__ = ("original", "tunnel")
+
+    def __init__(
+        self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
+    ) -> None:
+        #: a CONNECT is waiting for its upstream: answer 200, then splice blind
+        self.tunnel = False
+        #: where an intercepted connection was going (egress-http), else None
+        self.original: tuple[str, int] | None = None
+        if lc.mode == "egress-http":
+            self.original = original_destination(client)
+        super().__init__(ctx, client, peer, lc)
+
+    @property
+    def policy(self) -> ForwardPolicy:
+        fw = self.ctx.cfg.forward
+        assert fw is not None
+        return fw
+
+    def _route(self, head: Head) -> None:
+        if self.up_done or self.ctx.draining:
+            self.close()
+            return
+        try:
+            user = self._authenticate(head)
+        except _Verify as v:
+            self._verify(v.header, head)
+            return
+        host, port, raw = self._destination(head)
+        self.host, self.shed, self.port = f"{host}:{port}", host, port
+        check_name(self.policy, host, port, self.peer[0], user)
+        addrs = addresses_now(self.ctx, self.policy, host)
+        if addrs is not None:
+            self._checked(host, port, addrs, raw)
+            return
+        task = self.ctx.loop.create_task(self.ctx.dns.resolve(host))
+        task.add_done_callback(lambda t: self._dns_done(t, host, port, raw))
+
+    def _destination(self, head: Head) -> tuple[str, int, bytes]:
+        """(host, port, head to send) for this request; an empty head means CONNECT."""
+        if head.method == b"CONNECT":
+            if self.original is not None:
+                raise ProtocolError("CONNECT on an intercepted connection")
+            host, port = parse_authority(head.target, None)
+            return host, port, b""
+        if self.original is not None or self.lc.mode == "egress-http":
+            if head.host is None:
+                raise ProtocolError("the request names no host")
+            host, port = parse_authority(head.host, 80)
+            if self.original is not None:
+                port = self.original[1]
+            return host, port, self._strip(head.raw)
+        if head.target[:7].lower() != b"http://":
+            raise ProtocolError(
+                "a proxy request needs an http:// URL; https goes through CONNECT",
+            )
+        split = split_absolute_form(head.target)
+        assert split is not None
+        host, port = parse_authority(split[0], 80)
+        return host, port, self._origin_form(head, split[0], split[1])
+
+    @staticmethod
+    def _origin_form(head: Head, authority: bytes, path: bytes) -> bytes:
+        line_end = head.raw.find(b"\r\n")
+        line = b"%s %s HTTP/%s\r\nHost: %s" % (head.method, path, head.version, authority)
+        return line + _HOP_FIELDS.sub(b"", head.raw[line_end:])
+
+    @staticmethod
+    def _strip(raw: bytes) -> bytes:
+        """Drop proxy hop fields from an intercepted head, keeping its Host."""
+        return re.sub(
+            rb"\r\n(?:proxy-connection|proxy-authorization)[ \t]*:[^\r]*",
+            b"",
+            raw,
+            flags=re.IGNORECASE,
+        )
+
+    def _authenticate(self, head: Head) -> str | None:
+        """The proxy user, from a verified-credentials cache; raises 407 when unknown.
+
+        scrypt costs ~50 ms of CPU by design, too long for the event loop: a header
+        not seen before is verified in a thread (``_verify``) and the request waits.
+        """
+        users = self.policy.users
+        if not users:
+            return None
+        m = _PROXY_AUTH.search(head.raw)
+        if m is None:
+            raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
+        known = _VERIFIED.get(m.group(1))
+        if known is None:
+            raise _Verify(m.group(1))
+        if not known:
+            raise RouteError("Proxy authentication failed.", code="PROXY_AUTH_REQUIRED")
+        return known
+
+    def _verify(self, header: bytes, head: Head) -> None:
+        users = self.policy.users
+        fut = self.ctx.loop.run_in_executor(None, authenticate, users, header)
+
+        def done(f: asyncio.Future[str | None]) -> None:
+            _VERIFIED[header] = f.result() or ""
+            if not self.closed:
+                self.guarded(lambda: self._route(head))
+                if not self.closed:
+                    self.guarded(self.client_readable)
+
+        fut.add_done_callback(done)
+
+    def _dns_done(
+        self, task: asyncio.Task[tuple[str, ...]], host: str, port: int, raw: bytes
+    ) -> None:
+        if self.closed:
+            return
+        try:
+            try:
+                self._checked(host, port, task.result(), raw)
+            except SpliceError as e:
+                self.fail(e)
+                return
+            self.client_readable()
+        except OSError:
+            self.outcome = "RESET"
+            self.close()
+
+    def _checked(self, host: str, port: int, addrs: tuple[str, ...], raw: bytes) -> None:
+        addr = pick_address(self.policy, host, port, addrs)
+        self.dst = f"{addr}:{port}"
+        # a tunnel never shares an upstream with plain requests
+        key: Key = (host, port, addr, "direct" if raw else "tunnel")
+        self.tunnel = not raw
+        self.go(raw, key, Endpoint(shed=host, address=addr, source="forward"))
+
+    def _start_exchange(self) -> None:
+        if not self.tunnel:
+            super()._start_exchange()
+            return
+        assert self.down is not None
+        self.next = None
+        self.tunnel = False
+        self.state = TUNNEL
+        self.down.write(ESTABLISHED)
+        self.client_readable()
+
+    def outgoing(self, raw: bytes) -> bytes:
+        return raw  # an egress proxy does not tell origins who its clients are
+
+    def fail(self, err: SpliceError) -> None:
+        if err.code == "PROXY_AUTH_REQUIRED":
+            self._fail_with(err, _CHALLENGE)
+        else:
+            super().fail(err)
+
+    def idle_timeout(self) -> float:
+        return self.ctx.cfg.idle_timeout
+
+
+def check_name(policy: ForwardPolicy, host: str, port: int, client: str, user: str | None) -> None:
+    """The name-level policy check. Raises RouteError naming the rule that refused."""
+    decision = policy.decide(host, port, client_ip=client, user=user)
+    if not decision.allowed:
+        raise RouteError(
+            f"{host}:{port} is not allowed (rule {decision.rule!r}).",
+            code=decision.code or "DESTINATION_DENIED",
+            shed=host,
+            port=port,
+        )
+
+
+def addresses_now(ctx: Context, policy: ForwardPolicy, host: str) -> tuple[str, ...] | None:
+    """An IP literal, a ``[forward] hosts`` entry, or a cached DNS answer; None: ask DNS."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        return (str(literal),)
+    static = policy.static_address(host)
+    if static is not None:
+        return (str(static),)  # chosen by the admin: dialled as written, like /etc/hosts
+    return ctx.dns.cached(host)
+
+
+def pick_address(policy: ForwardPolicy, host: str, port: int, addrs: tuple[str, ...]) -> str:
+    """The first resolved address the policy lets us dial: the one that will be dialled."""
+    static = policy.static_address(host)
+    if static is not None:
+        return str(static)
+    refused = ""
+    for addr in addrs:
+        ip = parse_ip_literal(addr)
+        problem = "unparsable" if ip is None else dialable(ip, policy.allow_networks)
+        if problem is None:
+            return addr
+        refused = f"{addr} ({problem})"
+    raise RouteError(
+        f"{host} resolves to a non-public address: {refused or 'none'}.",
+        code="PRIVATE_ADDRESS",
+        shed=host,
+        port=port,
+    )
