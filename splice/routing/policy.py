@@ -54,7 +54,8 @@ class ShedPolicy:
             code="PORT_NOT_EXPOSED",
             shed=shed,
             port=explicit,
-            ports=tuple((d.port, d.label) for d in self.ports),
+            # port 0 is the "declares nothing reachable" marker of an unreadable file
+            ports=tuple((d.port, d.label) for d in self.ports if d.port),
         )
 
     def default_tls_port(self) -> int:
