@@ -96,8 +96,7 @@ def _incomplete(buf: bytes | bytearray, max_head: int) -> Head | None:
 def _parse_slow(buf: bytes | bytearray, max_head: int) -> Head | None:
     """The h11 path, for heads the scanner does not take whole."""
     m = _H11_HEAD_END.search(buf, 0, max_head)
-    if m is None:
-        return _incomplete(buf, max_head)
+    assert m is not None  # callers found a head end (CRLF CRLF holds LF CRLF) within max_head
     data = bytes(buf[: m.end()])
     if re.search(rb"\n[ \t]", data):
         raise ProtocolError("obsolete line folding (obs-fold) is not accepted")

@@ -61,3 +61,18 @@ class TestDefaultTlsPort:
     def test_is_443_unless_configured(self) -> None:
         assert OPEN_POLICY.default_tls_port() == 443
         assert ShedPolicy(tls_port=8443).default_tls_port() == 8443
+
+
+class TestFailClosedMarker:
+    def test_the_port_zero_marker_is_never_offered_as_a_link(self) -> None:
+        policy = ShedPolicy(default_port=8080, ports=(DeclaredPort(0), DeclaredPort(3000, "web")))
+        with pytest.raises(RouteError) as info:
+            policy.pick_port("web", 9000, 8080)
+        assert info.value.ports == ((3000, "web"),)
+
+    def test_a_shed_declaring_only_the_marker_keeps_just_its_default_port(self) -> None:
+        policy = ShedPolicy(default_port=8080, ports=(DeclaredPort(0),))
+        assert policy.pick_port("web", None, 8080) == 8080
+        with pytest.raises(RouteError) as info:
+            policy.pick_port("web", 3000, 8080)
+        assert info.value.ports == ()
