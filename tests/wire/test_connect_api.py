@@ -138,6 +138,12 @@ class TestParseErrors:
         assert "\n" not in e.message and len(e.message) <= MAX_MESSAGE
         assert e.message.startswith("line1 line2")
 
+    def test_json_without_an_error_object_gives_a_generic_message(self) -> None:
+        body = b'{"error": "flat string"}'
+        head = f"HTTP/1.1 502 Bad Gateway\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        e = raised(head + body)
+        assert e.code == "CONNECT_FAILED" and "HTTP 502" in e.message
+
     def test_absurdly_nested_json_is_just_no_message(self) -> None:
         body = b"[" * 50_000
         head = f"HTTP/1.1 404 Not Found\r\nContent-Length: {len(body)}\r\n\r\n".encode()
