@@ -70,9 +70,9 @@ class Context:
         self.allow = NetSet(cfg.allow_clients)
         self.fronts = NetSet(cfg.trusted_fronts)
         self._nets: dict[tuple[str, ...], NetSet] = {}
-        self.head_deadlines.timeout = cfg.head_timeout
-        self.connect_deadlines.timeout = cfg.connect_timeout
-        self.retire_deadlines.timeout = cfg.retire_timeout
+        self.head_deadlines.set_timeout(cfg.head_timeout)
+        self.connect_deadlines.set_timeout(cfg.connect_timeout)
+        self.retire_deadlines.set_timeout(cfg.retire_timeout)
 
     def policy(self, shed: str) -> ShedPolicy:
         policy = self.cfg.policy(shed)
@@ -98,7 +98,8 @@ class Context:
     def full(self) -> bool:
         """Over ``max_connections`` (counting the connection just accepted)."""
         limit = self.cfg.max_connections
-        return bool(limit) and len(self.conns) > limit
+        # connections lingering after their error page are on their way out
+        return bool(limit) and len(self.conns) - len(self.linger_deadlines) > limit
 
     def dial_mode(self, shed: str) -> str:
         sc = self.cfg.sheds.get(shed)

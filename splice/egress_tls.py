@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from splice.egress.authority import normalise_host
-from splice.errors import ProtocolError, SpliceError
+from splice.errors import ProtocolError
 from splice.forward_conn import addresses_now, check_name, pick_address
 from splice.io.dial import original_destination
 from splice.relay import Key
@@ -65,16 +65,12 @@ class EgressTlsConn(TlsConn):
     def _dns_done(self, task: asyncio.Task[tuple[str, ...]], host: str, port: int) -> None:
         if self.closed:
             return
-        try:
-            try:
-                self._dial_checked(host, port, task.result())
-            except SpliceError as e:
-                self.fail(e)
-                return
+
+        def step() -> None:
+            self._dial_checked(host, port, task.result())
             self.client_readable()
-        except OSError:
-            self.outcome = "RESET"
-            self.close()
+
+        self.guarded(step)
 
     def _dial_checked(self, host: str, port: int, addrs: tuple[str, ...]) -> None:
         addr = pick_address(self.policy, host, port, addrs)

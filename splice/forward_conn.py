@@ -174,16 +174,12 @@ class ForwardConn(HttpConn):
     ) -> None:
         if self.closed:
             return
-        try:
-            try:
-                self._checked(host, port, task.result(), raw)
-            except SpliceError as e:
-                self.fail(e)
-                return
+
+        def step() -> None:
+            self._checked(host, port, task.result(), raw)
             self.client_readable()
-        except OSError:
-            self.outcome = "RESET"
-            self.close()
+
+        self.guarded(step)
 
     def _checked(self, host: str, port: int, addrs: tuple[str, ...], raw: bytes) -> None:
         addr = pick_address(self.policy, host, port, addrs)

@@ -56,8 +56,11 @@ class HttpConn(Relay):
         "inbuf",
         "lingered",
         "next",
+        "pending_error",
+        "req_host",
         "retiring",
         "route_host",
+        "served",
         "state",
     )
 
@@ -74,15 +77,17 @@ class HttpConn(Relay):
         self.next: tuple[bytes, Key, Endpoint] | None = None
         self.retiring = False
         self.lingered = 0
+        #: request heads read so far on this connection
+        self.served = 0
+        #: an error page waiting for the old upstream's last responses to reach the client
+        self.pending_error: tuple[SpliceError, tuple[tuple[str, str], ...]] | None = None
         self.cdrained = False
         #: the Host that chose the open upstream (same Host again: no re-routing work)
         self.route_host: bytes | None = None
+        #: the host this request was routed by (the absolute-form authority wins)
+        self.req_host = b""
         #: None until the first request asks: may this peer set X-Forwarded-*?
         self.front: bool | None = None
-        if ctx.full():
-            self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
-            return
-        ctx.head_deadlines.add(self, ctx.loop.time())
         self.start()
 
     # -- the client -> VM direction ---------------------------------------------
@@ -124,13 +129,13 @@ class HttpConn(Relay):
             else:
                 self.on_client_eof()
             return False
-        if not self.inbuf and self.state == READ_HEAD and self.head is not None:
+        if not self.inbuf and self.state == READ_HEAD and self.served:
             self.ctx.head_deadlines.add(self, self.ctx.loop.time())
         self.inbuf += data
         return True
 
     def _step_head(self) -> bool:
-        if self.need_proxy is not None and self.head is None and self.inbuf:
+        if self.need_proxy is not None and not self.served and self.inbuf:
             if not self.take_proxy_header(self.inbuf):
                 return not self.closed and self._fill()
             self.need_proxy = None
@@ -144,6 +149,7 @@ class HttpConn(Relay):
         del self.inbuf[: head.length]
         self.ctx.head_deadlines.discard(self)
         self.head = head
+        self.served += 1
         self.state = ROUTING
         self._route(head)
         return True
@@ -214,6 +220,7 @@ class HttpConn(Relay):
         assert self.head is not None
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
+        self.head = None  # an error on the next head must not borrow this one's details
         if not self.ctx.cfg.route_each_request and self.state == READ_HEAD:
             self.state = TUNNEL
         if self.ctx.draining:
@@ -260,6 +267,7 @@ class HttpConn(Relay):
                 host = split[0].lower()
         if not host:
             raise ProtocolError("the request names no host")
+        self.req_host = host
         self.host = host.decode("ascii", "replace")
         name = parse_host(host, self.ctx.cfg.domains)
         if self.up_done or self.ctx.draining:
@@ -365,7 +373,7 @@ class HttpConn(Relay):
             self.front = bool(self.ctx.fronts) and self.peer[0] in self.ctx.fronts
         if self.front:
             return raw
-        host = self.head.host if self.head is not None else None
+        host = self.req_host or (self.head.host if self.head is not None else None)
         return rewrite_forwarded(raw, self.peer[0], host or b"", b"http", rfc7239=cfg.forwarded)
 
     def _retire(self) -> None:
@@ -386,6 +394,9 @@ class HttpConn(Relay):
         self.ctx.retire_deadlines.discard(self)
         self.drop_upstream()
         self.up_done = False
+        if self.pending_error is not None:
+            self._send_page(*self.pending_error)
+            return
         try:
             self._open_next()
         except SpliceError as e:
@@ -444,7 +455,7 @@ class HttpConn(Relay):
     # -- failures ------------------------------------------------------------------
 
     def on_head_timeout(self) -> None:
-        if self.state == READ_HEAD and not self.closed and (self.head is None or self.inbuf):
+        if self.state == READ_HEAD and not self.closed and (not self.served or self.inbuf):
             self.fail(ProtocolError("the request head did not arrive in time", code="HEAD_TIMEOUT"))
 
     def fail(self, err: SpliceError) -> None:
@@ -452,15 +463,26 @@ class HttpConn(Relay):
         self._fail_with(err, ())
 
     def _fail_with(self, err: SpliceError, headers: tuple[tuple[str, str], ...]) -> None:
-        if self.closed or self.state == CLOSING:
+        if self.closed or self.state == CLOSING or self.pending_error is not None:
             return
         self.outcome = err.code
-        if err.shed is None and self.shed:
-            err.shed = self.shed
+        if self.up is not None and self.state in (ROUTING, READ_HEAD) and not self.connecting:
+            # earlier requests may still be answered on the open upstream: let those
+            # answers reach the client first (a retire), then send the page
+            self.pending_error = (err, headers)
+            self.state = ROUTING
+            if not self.retiring:
+                self._retire()
+            return
+        self._send_page(err, headers)
+
+    def _send_page(self, err: SpliceError, headers: tuple[tuple[str, str], ...]) -> None:
+        head = self.head
+        host = head.host.decode("ascii", "replace") if head is not None and head.host else ""
         page = render_error(
             err,
-            as_json=self.head is not None and self.head.wants_json,
-            link_host=self.host.split(".", 1)[1] if "." in self.host else None,
+            as_json=head is not None and head.wants_json,
+            link_host=host.split(".", 1)[1] if "." in host else None,
             retry_after=_RETRY_AFTER.get(err.code),
             headers=headers,
         )

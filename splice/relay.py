@@ -129,7 +129,6 @@ class Relay:
         self.last_activity = 0
         self.active_at = ctx.loop.time()
         ctx.track(self)
-        ctx.reactor.register(self.cfd, self)
 
     # -- events ---------------------------------------------------------------
 
@@ -138,15 +137,38 @@ class Relay:
         try:
             step()
         except SpliceError as e:
-            self.fail(e)
+            self.failed(e)
         except OSError:
-            if self.outcome == "OK":
-                self.outcome = "RESET"
-            self.close()
+            self.reset()
+
+    def failed(self, err: SpliceError) -> None:
+        """Answer ``err``; a client that is gone by then (reset) is just closed."""
+        try:
+            self.fail(err)
+        except OSError:
+            self.reset()
+
+    def reset(self) -> None:
+        if self.outcome == "OK":
+            self.outcome = "RESET"
+        self.close()
 
     def start(self) -> None:
-        """The first read, right at accept (the head is often there already)."""
-        self.guarded(self.client_readable)
+        """The first read, right at accept, then the one epoll registration.
+
+        Reading first spares a wake-up: the head is usually there already, and an
+        edge-triggered registration of a readable socket would report it again only
+        to have the next read say EAGAIN. Bytes that arrive in between are reported
+        by the registration itself, so none is missed.
+        """
+        ctx = self.ctx
+        if ctx.full():
+            self.guarded(lambda: self.fail(SpliceError(code="TOO_MANY_CONNECTIONS")))
+        else:
+            ctx.head_deadlines.add(self, ctx.loop.time())
+            self.guarded(self.client_readable)
+        if not self.closed:
+            ctx.reactor.register(self.cfd, self)
 
     def on_event(self, fd: int, events: int) -> None:
         try:
@@ -168,11 +190,9 @@ class Relay:
                     self.upstream_readable()
                     self.ushort = False
         except SpliceError as e:
-            self.fail(e)
+            self.failed(e)
         except OSError:
-            if self.outcome == "OK":
-                self.outcome = "RESET"
-            self.close()
+            self.reset()
 
     def client_readable(self) -> None:
         raise NotImplementedError
@@ -397,16 +417,12 @@ class Relay:
     def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
         if self.closed:
             return
-        try:
-            try:
-                self.routed(*task.result())
-            except SpliceError as e:
-                self.fail(e)
-                return
+
+        def step() -> None:
+            self.routed(*task.result())
             self.client_readable()
-        except OSError:
-            self.outcome = "RESET"
-            self.close()
+
+        self.guarded(step)
 
     def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
         raise NotImplementedError

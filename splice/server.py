@@ -141,6 +141,8 @@ class Listener:
             except Exception:
                 # a bug in one connection's set-up must not cost the rest of the batch
                 log.exception("setting up the connection from %s failed", addr[0])
+                for conn in [c for c in ctx.conns if c.cfd == cfd]:
+                    conn.close()  # it may have been tracked before it failed
                 client.close()
 
     def _back_off(self, e: OSError) -> None:

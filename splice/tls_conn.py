@@ -38,10 +38,6 @@ class TlsConn(Relay):
         super().__init__(ctx, client, peer, lc)
         self.inbuf = bytearray()
         self.hello: Hello | None = None
-        if ctx.full():
-            self.fail(SpliceError(code="TOO_MANY_CONNECTIONS"))
-            return
-        ctx.head_deadlines.add(self, ctx.loop.time())
         self.start()
 
     @classmethod

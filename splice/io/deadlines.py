@@ -20,6 +20,12 @@ class Deadlines(Generic[T]):
         self._due: dict[T, float] = {}
         self._on_expire = on_expire
 
+    def set_timeout(self, timeout: float) -> None:
+        """Change the timeout (a reload); a shorter one re-sorts what is waiting."""
+        if timeout < self.timeout:
+            self._due = dict(sorted(self._due.items(), key=lambda kv: kv[1]))
+        self.timeout = timeout
+
     def add(self, item: T, now: float) -> None:
         """(Re)start ``item``'s deadline; re-adding moves it to the end."""
         self._due.pop(item, None)

@@ -1,0 +1,189 @@
+"""The ``splice`` command line, run as a real process: check, --version, serve's exits."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from upstreams import SpliceProcess
+
+from splice import __version__
+
+RUN_TIMEOUT = 20
+
+GOOD_CONFIG = """\
+domains = ["srv.example.io", "example.test"]
+default_port = 3000
+
+[[listen]]
+address = "127.0.0.1:8081"
+
+[[listen]]
+address = "[::1]:8443"
+mode = "tls-passthrough"
+
+[sheds.web-2]
+address = "10.0.0.2"
+ports = [{ port = 3000, label = "app" }, 9000]
+
+[sheds.alpha]
+address = "10.0.0.1"
+default_port = 8080
+"""
+
+#: lines ``check`` prints for GOOD_CONFIG, in this order (other lines may come between)
+GOOD_TABLE = [
+    "config {path}: ok",
+    "domains: srv.example.io, example.test   default port: 3000",
+    "listen 127.0.0.1:8081 (http)",
+    "listen ::1:8443 (tls-passthrough)",
+    "resolvers: static   dial: direct",
+    "  alpha.srv.example.io -> 10.0.0.1:8080   ports: any   e.g. 8080-alpha.srv.example.io",
+    "  web-2.srv.example.io -> 10.0.0.2:3000   ports: 3000 (app), 9000"
+    "   e.g. 3000-web-2.srv.example.io",
+]
+
+_LISTEN = '[[listen]]\naddress = "127.0.0.1:8081"\n'
+#: (config text, what the error message must say after "splice: PATH: ")
+BAD_CONFIGS = [
+    (f'domains = ["x.test"]\ndefualt_port = 80\n{_LISTEN}', "defualt_port: unknown key"),
+    (_LISTEN, "domains: give at least one base domain"),
+    ('domains = "x.test"\n' + _LISTEN, "domains: must be a list"),
+    ('domains = ["bad domain"]\n' + _LISTEN, "domains[0]: 'bad domain' is not a valid domain name"),
+    ('domains = ["x.test"]\n', "listen: give at least one [[listen]] table"),
+    ('domains = ["x.test"]\n[[listen]]\nmode = "http"\n', "listen[0].address: missing"),
+    (
+        'domains = ["x.test"]\n[[listen]]\naddress = "localhost:80"\n',
+        "listen[0].address: 'localhost' is not an IP address",
+    ),
+    (
+        'domains = ["x.test"]\n[[listen]]\naddress = "127.0.0.1:80"\nmode = "ftp"\n',
+        "listen[0].mode: 'ftp' is not one of",
+    ),
+    (
+        f'domains = ["x.test"]\nhead_timeout = 0\n{_LISTEN}',
+        "head_timeout: 0 must be a positive number of seconds",
+    ),
+    (
+        f'domains = ["x.test"]\nmax_head = 10\n{_LISTEN}',
+        "max_head: 10 must be an integer from 1024",
+    ),
+    (
+        f'domains = ["x.test"]\n{_LISTEN}[sheds.Bad_Name]\naddress = "10.0.0.1"\n',
+        "sheds.Bad_Name: not a valid shed name",
+    ),
+    (
+        f'domains = ["x.test"]\n{_LISTEN}[sheds.a]\naddress = "10.0.0.1"\nports = [70000]\n',
+        "sheds.a.ports[0]: 70000 is not a port number",
+    ),
+    (
+        f'domains = ["x.test"]\n{_LISTEN}[sheds.a]\naddress = "10.0.0.1"\nportz = [1]\n',
+        "sheds.a.portz: unknown key",
+    ),
+    (f'domains = ["x.test"]\n{_LISTEN}[sheds.a]\naddress = "a.b"\n', "sheds.a.address: 'a.b'"),
+    ('domains = ["x.test"\n', "{path} is not valid TOML: Unclosed array"),
+]
+
+
+def splice(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m splice ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "splice", *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_check_prints_ok_and_the_route_table(tmp_path: Path) -> None:
+    path = tmp_path / "splice.toml"
+    path.write_text(GOOD_CONFIG)
+    out = splice("check", "-c", str(path))
+    assert (out.returncode, out.stderr) == (0, "")
+    printed = out.stdout.splitlines()
+    assert printed[0] == GOOD_TABLE[0].format(path=path)
+    wanted = [line for line in printed if line in GOOD_TABLE[1:]]
+    assert wanted == GOOD_TABLE[1:], out.stdout
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
+def test_check_rejects_a_bad_config_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = splice("check", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith(f"splice: {path}: {message.format(path=path)}"), out.stderr
+    assert out.stderr.count("\n") == 1, "one line, no traceback"
+
+
+def test_check_of_a_missing_file_says_it_cannot_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    out = splice("check", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stderr == f"splice: {path}: cannot read {path}: No such file or directory\n"
+
+
+def test_serve_with_a_bad_config_exits_1_with_the_same_message(tmp_path: Path) -> None:
+    text, message = BAD_CONFIGS[0]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = splice("serve", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"splice: {path}: {message}")
+    assert "listening" not in out.stderr
+
+
+def test_serve_on_a_port_already_in_use_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        path = tmp_path / "splice.toml"
+        path.write_text(f'domains = ["x.test"]\n[[listen]]\naddress = "127.0.0.1:{port}"\n')
+        out = splice("serve", "-c", str(path))
+    assert out.returncode == 1
+    assert "Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_stops_cleanly_with_exit_0_on_sigterm(tmp_path: Path) -> None:
+    cfg = {"domains": ["x.test"], "listen": [{"address": "127.0.0.1:0"}]}
+    proc = SpliceProcess(cfg, tmp_path, drain=0.3)
+    with proc.client() as c:  # a request in flight is not needed; a live connection is
+        c.send(b"GET / HTTP/1.1\r\nHost: nosuch.x.test\r\n")
+        time.sleep(0.1)  # the signal handlers go in just after the "listening" line
+        assert proc.stop() == 0, proc.stderr
+    assert "SIGTERM: stopping" in proc.stderr
+    assert not proc.problems(), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "splice", "--version"],
+        [str(Path(sys.executable).parent / "splice"), "--version"],
+    ],
+    ids=["python -m splice", "console script"],
+)
+def test_version_prints_the_package_version(command: list[str]) -> None:
+    out = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"splice {__version__}\n", "")
+
+
+def test_python_dash_m_splice_without_a_command_prints_usage_and_exits_2() -> None:
+    out = splice()
+    assert out.returncode == 2
+    assert out.stderr.startswith("usage: splice ")
+    assert "serve" in out.stderr and "check" in out.stderr and "demo" in out.stderr
+
+
+def test_help_lists_the_three_commands() -> None:
+    out = splice("--help")
+    assert out.returncode == 0
+    for command in ("serve", "check", "demo"):
+        assert command in out.stdout
