@@ -46,8 +46,8 @@ def parse_ops(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _workers(v: Any) -> int:
-    if v == "auto":
-        return os.cpu_count() or 1
+    if v == "auto":  # the cores this process may run on (taskset, systemd CPUAffinity)
+        return len(os.sched_getaffinity(0)) or 1
     if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WORKERS:
         raise ConfigError("workers", f"{v!r} must be 'auto' or an integer from 1 to {MAX_WORKERS}")
     return v

@@ -35,6 +35,8 @@ CODES: dict[str, tuple[int, str]] = {
     "PRIVATE_ADDRESS": (403, "The destination resolves to an address that may not be dialed."),
     "DNS_FAILED": (502, "The destination name could not be resolved."),
     "PROXY_AUTH_REQUIRED": (407, "The proxy needs a valid user name and password."),
+    "REPLAY_MISS": (504, "Nothing is recorded for this request, and replay mode never dials."),
+    "TUNNEL_NOT_REPLAYABLE": (403, "An uninspected CONNECT tunnel cannot be replayed."),
 }
 
 

@@ -1,0 +1,105 @@
+"""One worker process as the supervisor sees it: spawn, start, call, reap.
+
+``spawn`` runs ``python -m splice [log flags] worker --control FD --index I`` in its
+own session (a terminal's Ctrl-C reaches only the supervisor, which forwards it),
+with one end of a socketpair as its control channel, then calls ``start`` with the
+config. ``reap`` waits for the process to exit, killing it past a deadline.
+``last`` is the worker's latest metrics snapshot, kept for the supervisor's sums.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from splice.control import Channel, ChannelClosed
+
+log = logging.getLogger("splice")
+
+#: how often a dying worker is checked for its exit
+POLL_EVERY = 0.05
+
+
+class WorkerProc:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.chan: Channel | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.pid = 0
+        #: started and not yet seen exiting: calls may be made
+        self.ready = False
+        self.last: dict[str, Any] | None = None
+        #: the outcome of the first start: None, or why it failed
+        self.first: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+    def started(self, error: str | None) -> None:
+        if not self.first.done():
+            self.first.set_result(error)
+
+    async def spawn(self, args: list[str], config: dict[str, Any], timeout: float) -> None:
+        """Run ``python -m splice ARGS --control FD``, then its server.
+
+        Raises:
+            OSError, ChannelClosed, TimeoutError: it did not start (and is being stopped).
+        """
+        parent, child = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "splice", *args, "--control", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.chan = await Channel.open(parent)
+        self.reader = asyncio.get_running_loop().create_task(self.chan.read_replies())
+        try:
+            answer = await self.chan.call("start", timeout, config=config)
+        except (ChannelClosed, TimeoutError):
+            self.terminate()
+            raise
+        self.pid, self.ready = answer["pid"], True
+
+    async def call(self, op: str, timeout: float, **args: Any) -> Any:
+        if self.chan is None:
+            raise ChannelClosed("not running")
+        return await self.chan.call(op, timeout, **args)
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send(signal.SIGTERM)
+
+    async def reap(self, within: float) -> str:
+        """Wait up to ``within`` s for the exit (then SIGKILL); how it exited."""
+        self.ready = False
+        if self.chan is not None:
+            self.chan.close()
+        proc = self.proc
+        if proc is None:
+            return "never started"
+        deadline = time.monotonic() + within
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_EVERY)
+        if proc.poll() is None:
+            log.warning("worker %d (pid %d) did not exit; killing it", self.index, proc.pid)
+            proc.kill()
+        while proc.poll() is None:  # SIGKILL cannot be refused; this ends at once
+            await asyncio.sleep(POLL_EVERY)
+        code = proc.returncode
+        return f"pid {proc.pid}, " + (f"signal {-code}" if code < 0 else f"status {code}")

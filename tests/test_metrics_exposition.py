@@ -1,0 +1,202 @@
+"""/metrics: the Prometheus exposition of snapshots, ``merge``, and counters moving with traffic.
+
+Unit tests feed ``Metrics`` snapshots to ``merge`` and ``render`` and read the text
+back with prometheus_client's parser; the integration tests scrape a running splice
+after real connections on loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ops_support import OpsSplice, ShedServerThread, parse_metrics, value
+from prometheus_client.parser import text_string_to_metric_families
+from upstreams import EchoApp, RawClient, get, post, shed, unused_port
+
+from splice.exposition import merge, render
+from splice.metrics import BUCKETS, MAX_SHED_SERIES, Metrics
+
+
+def sample_metrics(shed_names: list[str], outcome: str = "OK") -> Metrics:
+    m = Metrics()
+    m.counts["accepted"] += len(shed_names)
+    for name in shed_names:
+        m.closed(name, outcome, 10, 100)
+    m.dial.observe(0.0003)
+    m.dial.observe(20.0)  # past the last bucket: +Inf only
+    m.head_parse.observe(0.00002)
+    return m
+
+
+def test_merge_sums_counts_bytes_histograms_and_resolver_figures() -> None:
+    a = sample_metrics(["alpha", "beta"]).snapshot(1, {"hits": 2, "misses": 1, "stale": 0})
+    b = sample_metrics(["alpha"], "CONNECT_FAILED").snapshot(
+        3, {"hits": 5, "misses": 0, "stale": 1}
+    )
+    m = merge([a, b])
+    assert m["active"] == 4
+    assert m["counts"] == {"accepted": 3, "closed:OK": 2, "closed:CONNECT_FAILED": 1}
+    assert (m["bytes_up"], m["bytes_down"]) == (30, 300)
+    assert m["shed_conns"] == {"alpha": 2, "beta": 1}
+    pairs = zip(a["dial"]["counts"], b["dial"]["counts"], strict=True)
+    assert m["dial"]["counts"] == [x + y for x, y in pairs]
+    assert m["dial"]["sum"] == pytest.approx(2 * 20.0003)
+    assert m["resolver"] == {"hits": 7, "misses": 1, "stale": 1}
+    assert merge([]) == {}
+    assert merge([a]) == a
+
+
+def test_merge_caps_the_union_of_per_shed_series() -> None:
+    half = MAX_SHED_SERIES - 6
+    a = sample_metrics([f"a{i}" for i in range(half)] + ["busy"] * 5).snapshot(0, {})
+    b = sample_metrics([f"b{i}" for i in range(half)]).snapshot(0, {})
+    m = merge([a, b])
+    assert len(m["shed_conns"]) == MAX_SHED_SERIES
+    assert m["shed_conns"]["busy"] == 5  # the busiest sheds keep their own series
+    assert sum(m["shed_conns"].values()) == 2 * half + 5
+    assert set(m["shed_up"]) == set(m["shed_conns"]) == set(m["shed_down"])
+    assert sum(m["shed_down"].values()) == 100 * (2 * half + 5)
+
+
+def families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_render_is_valid_prometheus_text_with_the_documented_families() -> None:
+    m = sample_metrics(["alpha"])
+    m.closed("alpha", "RESET", 1, 0)
+    m.closed("", "UNKNOWN_HOST", 0, 900)
+    text = render(m.snapshot(2, {"hits": 4, "misses": 3, "stale": 1})).decode()
+    fam = families(text)
+    kinds = {name: f.type for name, f in fam.items()}
+    assert kinds == {
+        "splice_connections_accepted": "counter", "splice_connections_denied": "counter",
+        "splice_connections_active": "gauge", "splice_connections_closed": "counter",
+        "splice_errors": "counter", "splice_shed_connections": "counter",
+        "splice_bytes": "counter", "splice_shed_bytes": "counter",
+        "splice_dial_seconds": "histogram", "splice_first_upstream_byte_seconds": "histogram",
+        "splice_head_parse_seconds": "histogram", "splice_resolver_cache_hits": "counter",
+        "splice_resolver_cache_misses": "counter", "splice_resolver_cache_stale": "counter",
+        "splice_build_info": "gauge",
+    }  # fmt: skip
+    got = parse_metrics(text)
+    assert value(got, "splice_connections_active") == 2
+    assert value(got, "splice_connections_closed_total", outcome="RESET") == 1
+    # errors are the X-Shed-Error codes only: RESET and OK are outcomes, not errors
+    errors = {s.labels["code"]: s.value for s in fam["splice_errors"].samples}
+    assert errors == {"UNKNOWN_HOST": 1}
+    assert value(got, "splice_bytes_total", direction="down") == 1000
+    assert value(got, "splice_resolver_cache_stale_total") == 1
+    buckets = [s for s in fam["splice_dial_seconds"].samples if s.name.endswith("_bucket")]
+    assert [s.labels["le"] for s in buckets] == [*map(repr, BUCKETS), "+Inf"]
+    assert [s.value for s in buckets] == sorted(s.value for s in buckets)  # cumulative
+    assert buckets[-1].value == value(got, "splice_dial_seconds_count") == 2
+    assert buckets[-2].value == 1
+    assert "splice_workers" not in text  # only a supervisor reports workers
+
+
+def test_render_reports_workers_for_a_supervisor() -> None:
+    snap = merge([sample_metrics(["alpha"]).snapshot(0, {})])
+    snap["supervisor"] = {
+        "workers": 2, "restarts": 1,
+        "each": {"0": {"pid": 101, "accepted": 1}, "1": {"pid": 102, "accepted": 0}},
+    }  # fmt: skip
+    got = parse_metrics(render(snap).decode())
+    assert value(got, "splice_workers") == 2
+    assert value(got, "splice_worker_restarts_total") == 1
+    assert value(got, "splice_worker_pid", worker="1") == 102
+    assert value(got, "splice_worker_connections_accepted_total", worker="0") == 1
+
+
+# -- against a running splice ----------------------------------------------------------
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Callable[..., OpsSplice]]:
+    procs: list[OpsSplice] = []
+
+    def start(sheds: dict[str, Any], **extra: Any) -> OpsSplice:
+        cfg = {
+            "domains": ["test"],
+            "listen": [{"address": "127.0.0.1:0"}],
+            "admin": {"address": "127.0.0.1:0"},
+            **extra,
+            "sheds": sheds,
+        }
+        procs.append(OpsSplice(cfg, tmp_path))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        assert p.stop() == 0, p.stderr
+
+
+def exchange(port: int, request: bytes) -> int:
+    with RawClient(port) as c:
+        c.send(request)
+        return c.read_response().status
+
+
+def scrape_until(s: OpsSplice, closed: int, timeout: float = 10.0) -> dict[Any, float]:
+    """Metrics once ``closed`` connections have been counted as closed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = s.scrape()
+        done = sum(v for (name, _), v in got.items() if name == "splice_connections_closed_total")
+        if done >= closed or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def test_counters_move_with_traffic(
+    running: Callable[..., OpsSplice], make_app: Callable[..., EchoApp]
+) -> None:
+    alpha = make_app("alpha")
+    down = {"address": "127.0.0.1", "default_port": unused_port()}
+    s = running({"alpha": shed(alpha), "down": down})
+    before = s.scrape()
+    assert value(before, "splice_connections_accepted_total") == 0
+    body = b"x" * 5000
+    for _ in range(3):
+        assert exchange(s.port, post("alpha.test", body)) == 200
+    assert exchange(s.port, get("down.test")) == 502
+    assert exchange(s.port, get("elsewhere.example")) == 404
+    got = scrape_until(s, 5)
+    assert value(got, "splice_connections_accepted_total") == 5
+    assert value(got, "splice_connections_active") == 0
+    assert value(got, "splice_connections_closed_total", outcome="OK") == 3
+    assert value(got, "splice_errors_total", code="CONNECT_FAILED") == 1
+    assert value(got, "splice_errors_total", code="UNKNOWN_HOST") == 1
+    assert value(got, "splice_shed_connections_total", shed="alpha") == 3
+    assert value(got, "splice_bytes_total", direction="up") >= 3 * len(body)
+    assert value(got, "splice_shed_bytes_total", shed="alpha", direction="down") > 0
+    assert value(got, "splice_dial_seconds_count") >= 3
+    assert value(got, "splice_first_upstream_byte_seconds_count") >= 3
+    assert value(got, "splice_head_parse_seconds_count") >= 5
+
+
+def test_resolver_counters_survive_a_reload(
+    running: Callable[..., OpsSplice], make_app: Callable[..., EchoApp]
+) -> None:
+    alpha = make_app("alpha")
+    fake = ShedServerThread()
+    try:
+        fake.add_shed("alpha", "127.0.0.1")
+        resolver = {"chain": ["shed-api"], "shed_server": fake.url, "ttl": 60.0}
+        s = running({"alpha": {"default_port": alpha.port}}, resolver=resolver)
+        for _ in range(3):
+            assert exchange(s.port, get("alpha.test")) == 200
+        got = scrape_until(s, 3)
+        assert value(got, "splice_resolver_cache_misses_total") == 1
+        assert value(got, "splice_resolver_cache_hits_total") == 2
+        assert s.admin("/reload", "POST")[0] == 200  # a new resolver chain, counting from 0
+        assert exchange(s.port, get("alpha.test")) == 200
+        got = scrape_until(s, 4)
+        assert value(got, "splice_resolver_cache_misses_total") == 2
+        assert value(got, "splice_resolver_cache_hits_total") == 2
+    finally:
+        fake.close()

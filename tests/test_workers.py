@@ -1,0 +1,192 @@
+"""``workers = 2``: a supervisor, two workers sharing the listener (SO_REUSEPORT), summed metrics.
+
+splice runs as a subprocess; its workers are found as its child processes (/proc).
+Only those children of the process this test started are ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ops_support import OpsSplice, alive, children, value
+from upstreams import EchoApp, RawClient, get, shed, toml_text
+
+Start = Callable[..., OpsSplice]
+#: enough connections that both workers get some (all on one: a 2**-39 chance)
+SPREAD = 40
+
+
+def config(sheds: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "domains": ["test"],
+        "workers": 2,
+        "listen": [{"address": "127.0.0.1:0"}],
+        "admin": {"address": "127.0.0.1:0"},
+        **extra,
+        "sheds": sheds,
+    }
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    running: list[OpsSplice] = []
+
+    def make(cfg: dict[str, Any]) -> OpsSplice:
+        running.append(OpsSplice(cfg, tmp_path))
+        return running[-1]
+
+    yield make
+    for s in running:
+        workers = children(s.pid)
+        assert s.stop() == 0, s.stderr
+        assert not [pid for pid in workers if alive(pid)], "workers outlived the supervisor"
+        assert "Traceback" not in s.stderr, s.stderr
+
+
+@pytest.fixture
+def alpha(make_app: Callable[..., EchoApp]) -> EchoApp:
+    return make_app("alpha")
+
+
+def fetch(port: int, host: str) -> int:
+    with RawClient(port) as c:
+        c.send(get(host, extra="Connection: close\r\n"))
+        return c.read_response().status
+
+
+def worker_pids(s: OpsSplice) -> dict[str, int]:
+    got = s.scrape()
+    pids = {k: v for k, v in got.items() if k[0] == "splice_worker_pid"}
+    return {dict(labels)["worker"]: int(v) for (_, labels), v in pids.items()}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_two_workers_share_the_listener_and_metrics_are_summed(
+    start: Start, alpha: EchoApp
+) -> None:
+    s = start(config({"alpha": shed(alpha)}))
+    pids = worker_pids(s)
+    assert sorted(pids.values()) == children(s.pid) and len(pids) == 2
+    for _ in range(SPREAD):
+        assert fetch(s.port, "alpha.test") == 200
+
+    def all_counted() -> bool:
+        return value(s.scrape(), "splice_connections_closed_total", outcome="OK") == SPREAD
+
+    wait_until(all_counted)
+    got = s.scrape()
+    each = [value(got, "splice_worker_connections_accepted_total", worker=w) for w in "01"]
+    assert all(n > 0 for n in each), each  # both workers accepted connections
+    assert sum(each) == value(got, "splice_connections_accepted_total") == SPREAD
+    assert value(got, "splice_workers") == 2
+    status, body = s.admin("/readyz")
+    assert status == 200 and body.startswith("ready\nworkers: 2 of 2 ready")
+    status, body = s.admin("/routes")
+    doc = json.loads(body)
+    assert doc["workers"] == 2 and doc["listen"][0]["address"] == f"127.0.0.1:{s.port}"
+
+
+def test_a_killed_worker_is_restarted_and_nothing_is_lost(start: Start, alpha: EchoApp) -> None:
+    s = start(config({"alpha": shed(alpha)}))
+    for _ in range(10):
+        assert fetch(s.port, "alpha.test") == 200
+    wait_until(lambda: value(s.scrape(), "splice_connections_closed_total", outcome="OK") == 10)
+    before = worker_pids(s)
+    victim = before["0"]
+    assert victim in children(s.pid)  # a child of the supervisor this test started
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: worker_pids(s).get("0", victim) != victim and len(worker_pids(s)) == 2)
+    assert worker_pids(s)["1"] == before["1"]
+    s.wait_log("worker 0 exited")
+    got = s.scrape()
+    assert value(got, "splice_worker_restarts_total") == 1
+    assert value(got, "splice_connections_accepted_total") == 10  # the dead worker's count stays
+    for _ in range(10):
+        assert fetch(s.port, "alpha.test") == 200
+    wait_until(lambda: value(s.scrape(), "splice_connections_accepted_total") == 20)
+
+
+def test_reload_reaches_every_worker(
+    start: Start, alpha: EchoApp, make_app: Callable[..., EchoApp]
+) -> None:
+    beta = make_app("beta")
+    s = start(config({"alpha": shed(alpha)}))
+    s.write(config({"alpha": shed(alpha), "beta": shed(beta)}))
+    assert s.admin("/reload", "POST") == (200, "reloaded\n")
+    assert all(fetch(s.port, "beta.test") == 200 for _ in range(SPREAD))
+    s.write({**config({}), "listen": "nope"})
+    status, body = s.admin("/reload", "POST")
+    assert status == 400 and "listen" in body
+    s.write(config({"alpha": shed(alpha)}))
+    s.proc.send_signal(signal.SIGHUP)
+    s.wait_log("INFO reloaded", count=2)
+    assert all(fetch(s.port, "beta.test") == 404 for _ in range(SPREAD))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_is_forwarded_and_every_worker_exits(
+    start: Start, alpha: EchoApp, sig: signal.Signals
+) -> None:
+    s = start(config({"alpha": shed(alpha)}))
+    workers = children(s.pid)
+    assert len(workers) == 2
+    assert s.stop(sig) == 0, s.stderr
+    assert not [pid for pid in workers if alive(pid)]
+    assert s.stderr.count(f"{sig.name}: stopping") == 3  # the supervisor and each worker
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, alpha: EchoApp) -> None:
+    s = OpsSplice(config({"alpha": shed(alpha)}), tmp_path)
+    workers = children(s.pid)
+    assert len(workers) == 2
+    assert s.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_until(lambda: not [pid for pid in workers if alive(pid)])  # they saw the channel close
+
+
+def test_an_admin_port_in_use_is_named(start: Start, alpha: EchoApp, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for workers in (1, 2):
+            cfg = config({"alpha": shed(alpha)}, workers=workers)
+            path = tmp_path / f"c{workers}.toml"
+            path.write_text(toml_text({**cfg, "admin": {"address": f"127.0.0.1:{port}"}}))
+            r = subprocess.run(
+                [sys.executable, "-m", "splice", "serve", "-c", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert r.returncode == 1
+            assert f"admin.address 127.0.0.1:{port}: Address already in use" in r.stderr
+
+
+def test_a_port_in_use_fails_before_any_worker_starts(tmp_path: Path, alpha: EchoApp) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cfg = config({"alpha": shed(alpha)}, listen=[{"address": f"127.0.0.1:{port}"}])
+        path = tmp_path / "c.toml"
+        path.write_text(toml_text(cfg))
+        r = subprocess.run(
+            [sys.executable, "-m", "splice", "serve", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert r.returncode == 1
+    assert "Address already in use" in r.stderr and "worker" not in r.stderr
