@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="splice", description=__doc__.splitlines()[0], parents=[common]
     )
     p.add_argument("--version", action="version", version=f"splice {__version__}")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{serve,check,routes,demo}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{serve,check,routes,demo,passwd}")
     s = sub.add_parser("serve", help="run the splicer", parents=[common])
     s.add_argument("-c", "--config", required=True, help="TOML config file")
     s.add_argument(
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the /routes JSON as it is")
     d = sub.add_parser("demo", help="serve two demo sheds on loopback behind splice")
     d.add_argument("--port", type=int, default=8081, help="splice's port (default 8081)")
+    pw = sub.add_parser("passwd", help="hash a proxy password for [forward] users")
+    pw.add_argument("user", help="the proxy user name")
     w = sub.add_parser("worker", parents=[common])  # run by the supervisor, not by people
     w.add_argument("--control", type=int, required=True)
     w.add_argument("--index", type=int, required=True)
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = getattr(args, "log_level", "info")
     fmt: str | None = getattr(args, "log_format", None)
+    if args.cmd == "passwd":
+        return _passwd(args.user)
     if args.cmd == "worker":
         from splice.service import run_worker
 
@@ -173,3 +177,23 @@ def route_table(cfg: Config) -> str:
             f"   ports: {ports or 'any'}   e.g. {canonical_label(name, default)}.{base}"
         )
     return "\n".join(lines)
+
+
+def _passwd(user: str) -> int:
+    """Read a password twice (no echo; or one line from a pipe) and print the config line."""
+    import getpass
+
+    from splice.egress.passwords import hash_password
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {user}: ")
+        if first != getpass.getpass("again: "):
+            print("splice: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\n")
+    if not first:
+        print("splice: an empty password is not allowed", file=sys.stderr)
+        return 1
+    print(f'{user} = "{hash_password(first)}"   # in [forward] users')
+    return 0

@@ -187,3 +187,23 @@ def test_help_lists_the_three_commands() -> None:
     assert out.returncode == 0
     for command in ("serve", "check", "demo"):
         assert command in out.stdout
+
+
+class TestPasswd:
+    def test_passwd_prints_a_hash_that_verifies_the_password_it_read(self) -> None:
+        from splice.egress.passwords import verify_password
+
+        out = subprocess.run(
+            [sys.executable, "-m", "splice", "passwd", "alice"],
+            input="s3cret\n", capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert out.startswith('alice = "scrypt$')
+        encoded = out.split('"')[1]
+        assert verify_password("s3cret", encoded) and not verify_password("other", encoded)
+
+    def test_passwd_refuses_an_empty_password(self) -> None:
+        r = subprocess.run(
+            [sys.executable, "-m", "splice", "passwd", "alice"],
+            input="\n", capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert r.returncode == 1 and "empty" in r.stderr
