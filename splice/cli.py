@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the /routes JSON as it is")
     d = sub.add_parser("demo", help="serve two demo sheds on loopback behind splice")
     d.add_argument("--port", type=int, default=8081, help="splice's port (default 8081)")
+    from splice.store_cli import add_store_commands
+
+    add_store_commands(sub)
     pw = sub.add_parser("passwd", help="hash a proxy password for [forward] users")
     pw.add_argument("user", help="the proxy user name")
     w = sub.add_parser("worker", parents=[common])  # run by the supervisor, not by people
@@ -71,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt: str | None = getattr(args, "log_format", None)
     if args.cmd == "passwd":
         return _passwd(args.user)
+    if args.cmd in ("store", "ca"):
+        from splice.store_cli import run_store_command
+
+        return run_store_command(args)
     if args.cmd == "worker":
         from splice.service import run_worker
 

@@ -18,6 +18,7 @@ from splice.egress.policy import ForwardPolicy, parse_forward_section
 from splice.errors import ConfigError
 from splice.routing.names import is_shed_name
 from splice.routing.policy import DeclaredPort, ShedPolicy
+from splice.store.settings import StoreSettings, parse_store_section
 
 #: shed's own convention: the service a shed runs by default listens on 8080
 DEFAULT_PORT = 8080
@@ -122,8 +123,10 @@ class Config:
     #: the egress gateway's destination policy; present when ``[forward]`` is given or
     #: an egress listener exists (then with the defaults: any public host, ports 80/443)
     forward: ForwardPolicy | None = None
-    #: ``[forward]`` keys of the record/replay store and upstream TLS trust, as given
-    forward_extra: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[forward.store]``: the record/replay store (mode "off" unless configured)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    #: ``[forward] trust_bundle``: CA file for verifying origins when TLS is intercepted
+    trust_bundle: str | None = None
     #: worker processes sharing each listener (SO_REUSEPORT); 1: no supervisor
     workers: int = 1
     #: "text" or "json", for the log and the access log
@@ -223,8 +226,14 @@ def _forward(data: Mapping[str, Any], listen: tuple[ListenConfig, ...]) -> dict[
     if not isinstance(raw, dict):
         raise ConfigError("forward", "must be a table")
     policy = {k: v for k, v in raw.items() if k not in _FORWARD_EXTRA}
-    extra = {k: v for k, v in raw.items() if k in _FORWARD_EXTRA}
-    return {"forward": parse_forward_section(policy), "forward_extra": extra}
+    bundle = raw.get("trust_bundle")
+    if bundle is not None and not (isinstance(bundle, str) and bundle):
+        raise ConfigError("forward.trust_bundle", "must be the path of a PEM file")
+    return {
+        "forward": parse_forward_section(policy),
+        "store": parse_store_section(raw.get("store", {})),
+        "trust_bundle": bundle,
+    }
 
 
 def _listen(key: str, v: Any) -> ListenConfig:

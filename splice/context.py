@@ -6,11 +6,12 @@ swap ``cfg`` and ``chain`` atomically: a connection keeps the route it was given
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from asyncio import AbstractEventLoop
 from collections import Counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from splice.accesslog import AccessLog
@@ -23,6 +24,9 @@ from splice.resolve.chain import ResolverChain
 from splice.resolve.dns import DnsCache
 from splice.routing.netset import NetSet
 from splice.routing.policy import DeclaredPort, ShedPolicy
+
+if TYPE_CHECKING:
+    from splice.store.runtime import StoreRuntime
 
 #: how long we keep reading a client after an error page, so a RST does not eat it
 LINGER_TIMEOUT = 2.0
@@ -53,6 +57,10 @@ class Context:
         self.draining = False
         #: names -> addresses for the egress gateway (resolved once, checked, dialled)
         self.dns = DnsCache()
+        #: the record/replay store of the egress gateway, when ``[forward.store]`` is on
+        self.store: StoreRuntime | None = None
+        #: connections handed to the store's exchange path (asyncio streams)
+        self.handed: set[asyncio.Task[None]] = set()
         self.head_deadlines: Deadlines[Any] = Deadlines(cfg.head_timeout, _head_expired)
         self.connect_deadlines: Deadlines[Any] = Deadlines(cfg.connect_timeout, _connect_expired)
         self.linger_deadlines: Deadlines[Any] = Deadlines(LINGER_TIMEOUT, _linger_expired)

@@ -83,6 +83,9 @@ class ForwardConn(HttpConn):
         if self.up_done or self.ctx.draining:
             self.close()
             return
+        if self.ctx.store is not None and self.original is None and self.up is None:
+            self._hand_over(head)
+            return
         try:
             user = self._authenticate(head)
         except _Verify as v:
@@ -97,6 +100,28 @@ class ForwardConn(HttpConn):
             return
         task = self.ctx.loop.create_task(self.ctx.dns.resolve(host))
         task.add_done_callback(lambda t: self._dns_done(t, host, port, raw))
+
+    def _hand_over(self, head: Head) -> None:
+        """Recording or replaying: the one path where splice must see the bytes.
+
+        The connection leaves the zero-copy engine for good and is served on asyncio
+        streams by ``splice.exchange`` (which applies the same destination policy).
+        """
+        from splice.exchange import policy_gates, serve_forward_socket
+
+        ctx, policy, leftover = self.ctx, self.policy, bytes(self.inbuf)
+        name_gate, policy_gate = policy_gates(ctx, policy)
+        sock = self.detach()
+        task = ctx.loop.create_task(
+            serve_forward_socket(
+                sock, first_head=head.raw, leftover=leftover, runtime=ctx.store,
+                policy_gate=policy_gate, name_gate=name_gate, client_ip=self.peer[0],
+                users=policy.users, idle_timeout=ctx.cfg.idle_timeout,
+                connect_timeout=policy.connect_timeout,
+            )
+        )  # fmt: skip
+        ctx.handed.add(task)
+        task.add_done_callback(ctx.handed.discard)
 
     def _destination(self, head: Head) -> tuple[str, int, bytes]:
         """(host, port, head to send) for this request; an empty head means CONNECT."""

@@ -488,6 +488,18 @@ class Relay:
             self.outcome = "INTERNAL_ERROR"
         self.close()
 
+    def detach(self) -> socket.socket:
+        """Give the client socket away (to the store's exchange path): this object ends."""
+        self.closed = True
+        self.drop_upstream()
+        if self.down is not None:
+            self.down.close()
+            self.down = None
+        self.ctx.reactor.unregister(self.cfd)
+        self.outcome = "HANDED_OVER"
+        self.ctx.untrack(self)
+        return self.client
+
     def close(self) -> None:
         if self.closed:
             return

@@ -205,6 +205,10 @@ class Server:
         cfg = self.cfg
         access = AccessLog(self.access_stream, cfg.log_format) if cfg.access_log else None
         self.ctx = Context(loop, cfg, build_chain(cfg), access, build_ports(cfg))
+        if cfg.store.enabled:
+            from splice.store.runtime import StoreRuntime
+
+            self.ctx.store = StoreRuntime.open(cfg.store, trust_bundle=cfg.trust_bundle)
         try:
             for lc in cfg.listen:
                 self.listeners.append(Listener(self.ctx, lc, _factory(lc.mode)))
@@ -293,6 +297,12 @@ class Server:
             if conn.outcome == "OK":
                 conn.outcome = "SHUTDOWN"
             conn.close()
+        for task in list(ctx.handed):
+            task.cancel()
+        if ctx.handed:
+            await asyncio.gather(*ctx.handed, return_exceptions=True)
+        if ctx.store is not None:
+            ctx.store.close()
         if self._tick is not None:
             self._tick.cancel()
         if ctx.access is not None:

@@ -1,0 +1,276 @@
+"""Forward-proxy connections with the record/replay store on: the asyncio path.
+
+The engine hands over a client socket whose first request head it has read
+(``serve_forward_socket``). Absolute-form requests on a keep-alive connection are each
+keyed, replayed or forwarded per ``[forward.store] mode`` (``splice.store.serve``).
+``CONNECT`` with ``intercept_tls`` is answered 200 and terminated with a leaf from the
+splice CA; the requests inside are ``https://host:port/...``. Without interception a
+tunnel is spliced blind, but ``replay`` refuses it (403 TUNNEL_NOT_REPLAYABLE). The
+policy runs before every dial (``policy_gate``), its name check before replays too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from splice.egress.authority import parse_authority
+from splice.egress.passwords import authenticate
+from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
+from splice.pages import render_error, wants_json
+from splice.store.fetch import Incoming, Upstreams, first_field, read_body
+from splice.store.h11io import READ_SIZE, HttpStream
+from splice.store.keys import normalise_url, split_absolute
+from splice.store.runtime import StoreRuntime
+from splice.store.serve import AddressGate, Client, NameGate, answer
+
+if TYPE_CHECKING:
+    from splice.context import Context
+    from splice.egress.policy import ForwardPolicy
+
+log = logging.getLogger("splice.exchange")
+#: requests on one client connection; a build's keep-alive connection makes hundreds
+MAX_REQUESTS = 100_000
+#: a client that cannot finish a TLS handshake in this long is not a build tool
+TLS_HANDSHAKE_TIMEOUT = 10.0
+_CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
+Origin = tuple[str, str, int]
+
+
+async def serve_forward_socket(
+    sock: socket.socket, *, first_head: bytes, leftover: bytes = b"", **kwargs: Any
+) -> None:
+    """Serve a detached client socket; ``kwargs`` as for ``serve_forward_stream``.
+
+    The streams are made with a connected-callback, as ``asyncio.start_server`` does,
+    because ``StreamWriter.start_tls`` only takes the server side of TLS for those.
+    """
+    loop = asyncio.get_running_loop()
+    made: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: made.append((r, w)), loop=loop)
+    await loop.connect_accepted_socket(lambda: protocol, sock)
+    r, w = made[0]  # the callback ran in connection_made, synchronously
+    await serve_forward_stream(r, w, first_head=first_head, leftover=leftover, **kwargs)
+
+
+async def serve_forward_stream(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    first_head: bytes,
+    runtime: StoreRuntime,
+    policy_gate: AddressGate,
+    client_ip: str,
+    leftover: bytes = b"",
+    name_gate: NameGate | None = None,
+    users: Mapping[str, str] | None = None,
+    idle_timeout: float = 600.0,
+    connect_timeout: float = 5.0,
+) -> None:
+    """Serve one client connection until it closes, errs or idles out. Never raises."""
+    stream = HttpStream(reader, writer, h11.SERVER)
+    stream.feed(first_head + leftover)
+    cx = Client(
+        stream=stream,
+        rt=runtime,
+        upstreams=Upstreams(runtime.upstream_tls, connect_timeout, idle_timeout),
+        policy_gate=policy_gate,
+        client_ip=client_ip,
+        name_gate=name_gate,
+        users=users or None,
+        timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+    )
+    try:
+        await _guarded(cx)
+    finally:
+        await cx.upstreams.close()
+        await cx.stream.close()
+
+
+async def _guarded(cx: Client) -> None:
+    """Serve; an error the client should hear about becomes its error page."""
+    try:
+        await _serve_requests(cx, None)
+    except SpliceError as e:
+        await _fail(cx, e)
+    except h11.RemoteProtocolError as e:
+        code = "HEAD_TOO_LARGE" if e.error_status_hint == 431 else "BAD_REQUEST"
+        await _fail(cx, ProtocolError(f"Malformed request: {e}", code=code))
+    except (OSError, TimeoutError, h11.LocalProtocolError, asyncio.IncompleteReadError):
+        pass  # the peer went away or broke off: nothing to tell it
+    except Exception:
+        log.exception("record/replay exchange with %s failed", cx.client_ip)
+        await _fail(cx, SpliceError())
+
+
+async def _fail(cx: Client, err: SpliceError) -> None:
+    if not cx.stream.can_respond:
+        return
+    extra = _CHALLENGE if err.code == "PROXY_AUTH_REQUIRED" else ()
+    cx.stream.writer.write(render_error(err, as_json=wants_json(cx.accept), headers=extra))
+    try:
+        await asyncio.wait_for(cx.stream.writer.drain(), cx.timeout)
+    except (OSError, TimeoutError):
+        pass
+
+
+async def _serve_requests(cx: Client, origin: Origin | None) -> None:
+    """Requests until the client closes; ``origin`` is a terminated tunnel's (https)."""
+    for _ in range(MAX_REQUESTS):
+        event = await cx.stream.next_event(cx.timeout)
+        if isinstance(event, h11.ConnectionClosed):
+            return
+        if not isinstance(event, h11.Request):
+            raise ProtocolError("expected a request")
+        cx.accept = first_field(event.headers.raw_items(), b"accept")
+        if event.method == b"CONNECT":
+            if origin is not None:
+                raise ProtocolError("CONNECT inside a tunnel")
+            await _connect(cx, event)
+            return
+        inc = await _incoming(cx, event, origin)
+        try:
+            await read_body(cx.stream, inc, cx.timeout)
+            await answer(cx, inc)
+        finally:
+            inc.body.close()
+        conn = cx.stream.conn
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return
+        conn.start_next_cycle()
+
+
+async def _incoming(cx: Client, req: h11.Request, origin: Origin | None) -> Incoming:
+    """The request's destination and URL; authenticated and name-checked."""
+    target = req.target
+    if origin is None:
+        scheme, host, port, path = split_absolute(target)
+        if scheme != "http":
+            raise ProtocolError("a proxy request needs an http:// URL; https goes through CONNECT")
+        await _authenticate(cx, req)
+    elif target.startswith(b"/"):
+        (scheme, host, port), path = origin, target.decode("latin-1")
+    else:
+        scheme, host, port, path = split_absolute(target)
+        if (scheme, host, port) != origin:
+            raise ProtocolError("the request names another origin than its tunnel")
+    if cx.name_gate is not None:
+        cx.name_gate(host, port, cx.client_ip, cx.user)
+    return Incoming(
+        method=req.method.decode("ascii"),
+        scheme=scheme,
+        host=host,
+        port=port,
+        target=path if path.startswith("/") else "/" + path,
+        url=normalise_url(scheme, host, port, path),
+        headers=list(req.headers.raw_items()),
+    )
+
+
+async def _authenticate(cx: Client, req: h11.Request) -> None:
+    if not cx.users:
+        return
+    value = first_field(req.headers.raw_items(), b"proxy-authorization")
+    if value is not None and value == cx.proved:
+        return
+    user = await asyncio.to_thread(authenticate, cx.users, value)  # scrypt: ~50 ms of CPU
+    if user is None:
+        raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
+    cx.user, cx.proved = user, value
+
+
+async def _connect(cx: Client, req: h11.Request) -> None:
+    host, port = parse_authority(req.target, 443)
+    await _authenticate(cx, req)
+    if cx.name_gate is not None:
+        cx.name_gate(host, port, cx.client_ip, cx.user)
+    for _ in range(3):  # EndOfMessage (a CONNECT has no body), then PAUSED
+        if await cx.stream.next_event(cx.timeout) is h11.PAUSED:
+            break
+    settings = cx.rt.settings
+    if settings.intercept_tls:
+        await _intercept(cx, (("https", host, port)))
+    elif settings.mode == "replay":
+        raise RouteError(
+            f"CONNECT {host}:{port} cannot be replayed: the tunnel is not intercepted "
+            "(set [forward.store] intercept_tls = true to record HTTPS).",
+            code="TUNNEL_NOT_REPLAYABLE",
+        )
+    else:
+        await _tunnel(cx, host, port)
+
+
+async def _established(cx: Client) -> bytes:
+    """Answer the CONNECT with 200; the bytes the client sent after it, if any."""
+    await cx.stream.send(
+        h11.Response(status_code=200, headers=[], reason=b"Connection established")
+    )
+    data, _closed = cx.stream.conn.trailing_data
+    return data
+
+
+async def _intercept(cx: Client, origin: Origin) -> None:
+    assert cx.rt.ca is not None, "StoreRuntime.open loads the CA with intercept_tls"
+    tls = cx.rt.ca.server_context(origin[1])
+    if await _established(cx):
+        raise ProtocolError("the client sent TLS before the tunnel was established")
+    writer = cx.stream.writer
+    await writer.start_tls(tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    cx.stream = HttpStream(cx.stream.reader, writer, h11.SERVER)
+    await _serve_requests(cx, origin)
+
+
+async def _tunnel(cx: Client, host: str, port: int) -> None:
+    """A blind tunnel (not recorded): dial after the policy, answer 200, splice."""
+    addr = await cx.policy_gate(host, port, cx.client_ip, cx.user)
+    try:
+        up_r, up_w = await asyncio.wait_for(asyncio.open_connection(addr, port), cx.connect_timeout)
+    except TimeoutError:
+        raise BackendError(f"{host}:{port} did not answer", code="UPSTREAM_TIMEOUT") from None
+    except OSError as e:
+        raise BackendError(f"{host}:{port}: {e.strerror or e}") from None
+    try:
+        early = await _established(cx)
+        if early:
+            up_w.write(early)
+        await asyncio.gather(
+            _pipe(cx.stream.reader, up_w, cx.timeout), _pipe(up_r, cx.stream.writer, cx.timeout)
+        )
+    finally:
+        up_w.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, timeout: float) -> None:
+    """Copy until EOF (then half-close ``dst``) or ``timeout`` of silence."""
+    try:
+        while data := await asyncio.wait_for(src.read(READ_SIZE), timeout):
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+    except (OSError, TimeoutError):
+        dst.close()
+
+
+def policy_gates(ctx: Context, policy: ForwardPolicy) -> tuple[NameGate, AddressGate]:
+    """The engine's destination policy (``splice.forward_conn``) as the two gates."""
+    from splice.forward_conn import addresses_now, check_name, pick_address
+
+    def name_gate(host: str, port: int, client_ip: str, user: str | None) -> None:
+        check_name(policy, host, port, client_ip, user)
+
+    async def policy_gate(host: str, port: int, client_ip: str, user: str | None) -> str:
+        check_name(policy, host, port, client_ip, user)
+        addrs = addresses_now(ctx, policy, host)
+        if addrs is None:
+            addrs = await ctx.dns.resolve(host)
+        return pick_address(policy, host, port, addrs)
+
+    return name_gate, policy_gate

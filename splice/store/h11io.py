@@ -1,0 +1,64 @@
+"""h11 over asyncio streams: one small adapter for both sides of a recorded exchange.
+
+The client side is an ``h11.SERVER`` connection, the upstream side an ``h11.CLIENT``.
+Every read waits at most ``timeout`` seconds (TimeoutError), every send drains, so a
+slow peer holds back the other instead of growing a buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+
+#: bytes per read: a few socket buffers' worth, so a large body is few round trips
+READ_SIZE = 256 * 1024
+#: splice's own limit on a request or response head (see ``config.MAX_HEAD``)
+MAX_HEAD = 64 * 1024
+
+Event = h11.Event | type[h11.PAUSED]
+
+
+class HttpStream:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes already read from the socket by someone else (the engine's first head)."""
+        if data:
+            self.conn.receive_data(data)
+
+    async def next_event(self, timeout: float) -> Event:
+        """The next event; reads as needed, each read bounded by ``timeout``."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            self.conn.receive_data(data)
+
+    async def send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    @property
+    def can_respond(self) -> bool:
+        """A request is in and no response byte is out: an error page can still be sent."""
+        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        except (OSError, TimeoutError):
+            pass

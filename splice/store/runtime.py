@@ -1,0 +1,110 @@
+"""What the proxy keeps for the record/replay store while it runs: one per process.
+
+``StoreRuntime.open(settings, trust_bundle=...)`` opens the store (recovering from a
+crash: stale temp files and pins go), loads the CA when ``intercept_tls`` is on, and
+builds the upstream TLS context. Index work and fsyncs run on a small thread pool
+(SQLite may wait on another worker's lock; the event loop must not), and whatever was
+started there finishes even when the connection is cancelled, so no file or pin leaks.
+``flights`` is the single-flight table: key -> the recording in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from splice.ca import CaError, CertificateAuthority
+from splice.errors import ConfigError
+from splice.store.blobs import BlobWriter
+from splice.store.index import Entry
+from splice.store.settings import StoreSettings
+from splice.store.store import Replay, Store
+
+#: store threads: a long fsync of one recording must not hold up replays (the
+#: Store's lock serialises index work; fsyncs run side by side)
+POOL = 4
+
+
+def upstream_context(trust_bundle: str | None = None) -> ssl.SSLContext:
+    """Verification of origins: the system trust store, or only ``trust_bundle``."""
+    try:
+        ctx = ssl.create_default_context(cafile=trust_bundle)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("forward.trust_bundle", f"cannot be loaded: {e}") from None
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class StoreRuntime:
+    def __init__(
+        self,
+        settings: StoreSettings,
+        store: Store,
+        *,
+        ca: CertificateAuthority | None = None,
+        upstream_tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ca = ca
+        self.upstream_tls = upstream_tls or upstream_context()
+        self.flights: dict[str, asyncio.Future[None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=POOL, thread_name_prefix="splice-store")
+
+    @classmethod
+    def open(cls, settings: StoreSettings, *, trust_bundle: str | None = None) -> StoreRuntime:
+        """Raises ConfigError (naming the key) when the store or CA cannot be used."""
+        assert settings.path is not None, "parse_store_section requires a path when on"
+        try:
+            store = Store(settings.path, settings.max_bytes)
+            store.recover()
+        except OSError as e:
+            raise ConfigError("forward.store.path", f"cannot be used: {e}") from None
+        ca = None
+        if settings.intercept_tls:
+            assert settings.ca is not None
+            try:
+                ca = CertificateAuthority.load(settings.ca)
+            except CaError as e:
+                raise ConfigError("forward.store.ca", str(e)) from None
+        return cls(settings, store, ca=ca, upstream_tls=upstream_context(trust_bundle))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)  # commits and unpins in flight finish first
+        self.store.close()
+
+    async def open_replay(self, key: str) -> Replay | None:
+        job = self._pool.submit(self.store.open_replay, key)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(self._drop_unclaimed)  # it may still open and pin
+            raise
+
+    def _drop_unclaimed(self, job: Future[Replay | None]) -> None:
+        if not job.cancelled() and job.exception() is None:
+            replay = job.result()
+            if replay is not None:
+                self.store.close_replay(replay)
+
+    def close_replay(self, replay: Replay) -> None:
+        """Close at once; the unpin is queued (it must happen even if we are cancelled)."""
+        replay.file.close()
+        self._pool.submit(self.store.unpin, replay.token)
+
+    async def commit(self, writer: BlobWriter, entry: Entry) -> None:
+        """fsync, install the blob and ``entry`` naming it: one job, run to its end even
+        if the caller is cancelled (the writer belongs to the job from here on)."""
+        writer.committing = True
+        job = self._pool.submit(self._commit, writer, entry)
+        await asyncio.shield(asyncio.wrap_future(job))
+
+    def _commit(self, writer: BlobWriter, entry: Entry) -> None:
+        try:
+            sha = writer.finish()
+            self.store.commit(writer, dataclasses.replace(entry, blob=sha, size=writer.size))
+        except BaseException:
+            writer.abort(force=True)
+            raise

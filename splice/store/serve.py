@@ -1,0 +1,221 @@
+"""One request through the store: replay a hit, or forward it (and maybe record it).
+
+``answer`` applies the mode: replay modes try the store first (a hit is streamed from
+its blob with an exact Content-Length and ``X-Splice-Replay: hit``); ``replay`` turns
+a miss into 504 REPLAY_MISS; recording modes fetch once per key at a time (single
+flight: concurrent identical requests wait, then replay what the first recorded). A
+recorded body is written to the blob as it is relayed; the last chunk is held back
+until the entry commits, so a client holding the whole response can replay it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+from splice.errors import BackendError
+from splice.store.blobs import BlobWriter
+from splice.store.fetch import Incoming, Upstreams, end_to_end, response_body
+from splice.store.h11io import READ_SIZE, HttpStream
+from splice.store.index import Entry
+from splice.store.keys import key_material, key_of
+from splice.store.runtime import StoreRuntime
+
+#: (host, port, client_ip, user) -> the address to dial; raises SpliceError
+AddressGate = Callable[[str, int, str, str | None], Awaitable[str]]
+#: (host, port, client_ip, user) -> None; the name-level policy only (no DNS, no dial)
+NameGate = Callable[[str, int, str, str | None], None]
+Fields = list[tuple[bytes, bytes]]
+#: answers to Range / If-None-Match style requests: they depend on fields the key
+#: usually leaves out, and replayed to a plain GET they would break the client
+UNRECORDED = frozenset({206, 304})
+
+
+@dataclass(slots=True)
+class Client:
+    """One client connection and what its requests need."""
+
+    stream: HttpStream
+    rt: StoreRuntime
+    upstreams: Upstreams
+    policy_gate: AddressGate
+    client_ip: str
+    name_gate: NameGate | None = None
+    users: Mapping[str, str] | None = None
+    user: str | None = None
+    #: the Proxy-Authorization value that proved ``user`` (scrypt once per connection)
+    proved: bytes | None = None
+    accept: bytes | None = None
+    timeout: float = 600.0
+    connect_timeout: float = 5.0
+    #: the client went away while a recording it started was still being fetched
+    gone: bool = False
+
+    async def deliver_head(self, head: h11.Response) -> None:
+        """The response head, during a recording (which outlives the client)."""
+        try:
+            await self.stream.send(head)
+        except ConnectionError:
+            self.gone = True
+
+    async def deliver(self, data: bytes, *, recording: bool) -> None:
+        """Body bytes to the client; a recording outlives a client that hung up."""
+        if self.gone:
+            return
+        try:
+            await self.stream.send(h11.Data(data=data))
+        except (ConnectionError, h11.LocalProtocolError):
+            if not recording:
+                raise
+            self.gone = True
+
+
+def has_body(method: str, status: int) -> bool:
+    return not (method == "HEAD" or status in (204, 304) or 100 <= status < 200)
+
+
+async def answer(cx: Client, inc: Incoming) -> None:
+    """Reply to ``inc`` per the store mode. Raises SpliceError (REPLAY_MISS...)."""
+    s = cx.rt.settings
+    material = key_material(
+        s.match, method=inc.method, url=inc.url, body_sha256=inc.body_sha256, headers=inc.headers
+    )
+    key = key_of(material)
+    if s.replays and await replay(cx, inc, key):
+        return
+    if s.mode == "replay":
+        raise BackendError(
+            f"Nothing is recorded for {inc.method} {inc.url} (key {key}).", code="REPLAY_MISS"
+        )
+    if s.records:
+        await record(cx, inc, key, material)
+    else:
+        await forward(cx, inc, None)
+
+
+def replay_fields(e: Entry, method: str) -> Fields:
+    """The recorded fields, with an exact Content-Length for a body, and the hit marker."""
+    fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in e.headers]
+    if has_body(method, e.status):
+        length = (b"Content-Length", str(e.size).encode())
+        at = next((i for i, (n, _) in enumerate(fields) if n.lower() == b"content-length"), None)
+        fields = [f for f in fields if f[0].lower() != b"content-length"]
+        fields.insert(len(fields) if at is None else at, length)
+    fields.append((b"X-Splice-Replay", b"hit"))
+    return fields
+
+
+async def replay(cx: Client, inc: Incoming, key: str) -> bool:
+    """Serve ``key`` from the store if it is there (pinned while it streams)."""
+    rep = await cx.rt.open_replay(key)
+    if rep is None:
+        return False
+    try:
+        e = rep.entry
+        reason = e.reason.encode("latin-1")
+        fields = replay_fields(e, inc.method)
+        await cx.stream.send(h11.Response(status_code=e.status, headers=fields, reason=reason))
+        if has_body(inc.method, e.status):
+            while chunk := rep.file.read(READ_SIZE):
+                await cx.stream.send(h11.Data(data=chunk))
+        await cx.stream.send(h11.EndOfMessage())
+    finally:
+        cx.rt.close_replay(rep)
+    return True
+
+
+async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) -> None:
+    """Fetch and record, once per key at a time; latecomers replay the recording."""
+    flights = cx.rt.flights
+    for _ in range(2):  # a failed leader leaves nothing to replay: then lead, once
+        flight = flights.get(key)
+        if flight is None:
+            break
+        await asyncio.shield(flight)
+        if await replay(cx, inc, key):
+            return
+    done = asyncio.get_running_loop().create_future()
+    flights[key] = done
+    try:
+        await forward(cx, inc, (key, material))
+    finally:
+        if flights.get(key) is done:
+            del flights[key]
+        done.set_result(None)
+
+
+async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | None) -> None:
+    """Dial (after the policy), relay the response, and record it when ``rec`` is given."""
+    addr = await cx.policy_gate(inc.host, inc.port, cx.client_ip, cx.user)
+    up, resp = await cx.upstreams.fetch(inc, addr)
+    keep = rec is not None and resp.status_code not in UNRECORDED
+    writer = cx.rt.store.writer() if keep else None
+    try:
+        await _relay(cx, inc, up, resp, writer, rec)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        await up.close()
+        raise
+    if cx.gone:
+        await up.close()
+        raise ConnectionResetError("the client went away during the recording")
+    await cx.upstreams.release(up, inc, addr)
+
+
+async def _relay(
+    cx: Client,
+    inc: Incoming,
+    up: HttpStream,
+    resp: h11.Response,
+    writer: BlobWriter | None,
+    rec: tuple[str, dict[str, Any]] | None,
+) -> None:
+    """Relay the response; when recording, the head waits for the first body byte and
+    the last chunk for the commit, so a client that has it all finds it stored."""
+    fields = end_to_end(list(resp.headers.raw_items()))
+    head = h11.Response(status_code=resp.status_code, headers=fields, reason=resp.reason)
+    recording = writer is not None
+    if not recording:
+        await cx.stream.send(head)
+    pending = b""
+    async for chunk in response_body(up, cx.timeout):
+        if writer is not None:
+            writer.write(chunk)
+        if pending:
+            await cx.deliver(pending, recording=recording)
+        elif recording and cx.stream.conn.our_state is h11.SEND_RESPONSE:
+            await cx.deliver_head(head)
+        pending = chunk
+    if writer is not None and rec is not None and not writer.failed:
+        await cx.rt.commit(writer, _entry(inc, resp, fields, *rec))
+    if cx.stream.conn.our_state is h11.SEND_RESPONSE:
+        await cx.deliver_head(head)
+    if pending:
+        await cx.deliver(pending, recording=recording)
+    if not cx.gone:
+        await cx.stream.send(h11.EndOfMessage())
+
+
+def _entry(
+    inc: Incoming, resp: h11.Response, fields: Fields, key: str, material: dict[str, Any]
+) -> Entry:
+    now = time.time()
+    return Entry(
+        key=key,
+        method=inc.method,
+        url=inc.url,
+        status=resp.status_code,
+        reason=resp.reason.decode("latin-1"),
+        headers=tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in fields),
+        request={"match": material, "body_sha256": inc.body_sha256, "body_size": inc.body_size},
+        blob="",  # filled in by StoreRuntime.commit once the body is hashed
+        size=0,
+        recorded_at=now,
+        used_at=now,
+    )
