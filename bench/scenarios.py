@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import select
 import subprocess
 import time
@@ -18,7 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.proc import cpu_seconds, fd_count, rss_kib, run
-from bench.targets import BIG_BYTES, HOST, REPO, WS_HOST, Backend, Env, Target
+from bench.targets import (
+    BIG_BYTES,
+    DOMAIN,
+    HOST,
+    REPO,
+    WS_HOST,
+    Backend,
+    Env,
+    SpliceShed,
+    Target,
+)
 
 Figures = dict[str, Any]
 
@@ -38,6 +49,10 @@ class Settings:
     held_levels: tuple[int, ...] = (2000, 10000)
     held_rounds: int = 3
     settle: float = 0.3
+    #: coldcache: uncached shed names per round (one first request each, then again warm)
+    cold_names: int = 150
+    #: fwd-connect: concurrent CONNECT workers
+    connect_conns: int = 16
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,8 @@ class Metric:
     label: str
     higher_better: bool
     fmt: str = "{:,.0f}"
+    #: show ratios to the references in the table (False: context figures, like client CPU)
+    ratio: bool = True
 
 
 @dataclass
@@ -60,7 +77,7 @@ class Ctx:
 class Scenario:
     name: str
     title: str
-    #: which endpoint the target must offer: "http", "ws" or "tls"
+    #: which endpoint the target must offer: "http", "ws", "tls", "fwd" or "shed"
     needs: str
     metrics: tuple[Metric, ...]
     fn: Callable[[Ctx], Figures]
@@ -71,6 +88,8 @@ class Scenario:
     proxy_only: bool = False
     rounds_attr: str = "rounds"
     notes: list[str] = field(default_factory=list)
+    #: the target the second ratio in each cell divides by (None: --haproxy-ref)
+    ref: str | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -111,32 +130,51 @@ def _cpu(ctx: Ctx) -> tuple[list[int], float]:
 
 def _python_client(ctx: Ctx, module: str, args: list[str], timeout: float) -> Figures:
     argv = [ctx.env.python, "-m", module, *args]
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     out = run(argv, timeout=timeout, cwd=REPO)
+    r1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"{module} gave no result (rc {out.returncode}): {out.stderr[-400:]}")
     result: Figures = json.loads(lines[-1])
+    # the client's own CPU (% of one core over its run): near 100 it is the bottleneck
+    used = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    result["client_cpu_pct"] = 100 * used / (t1 - t0) if t1 > t0 else None
     return result
 
 
 # ---------------------------------------------------------------- scenarios
 
 
-def _wrk(ctx: Ctx, close: bool) -> Figures:
-    port = ctx.target.ep.http
+def _wrk(
+    ctx: Ctx,
+    close: bool,
+    *,
+    port: int | None = None,
+    host: str = HOST,
+    script: str | None = None,
+) -> Figures:
+    port = ctx.target.ep.http if port is None else port
     argv = ["wrk", "-t1", f"-c{ctx.s.wrk_conns}", f"-d{ctx.s.duration:g}s", "--latency"]
-    argv += ["-H", f"Host: {HOST}"]
+    argv += ["-H", f"Host: {host}"]
     if close:
         argv += ["-H", "Connection: close"]
+    if script:
+        argv += ["-s", script]
     argv.append(f"http://127.0.0.1:{port}/small")
     pids, c0 = _cpu(ctx)
+    aux = ctx.target.aux_pids()
+    a0 = cpu_seconds(aux)
     out = run(argv, timeout=ctx.s.duration + 30)
     c1 = cpu_seconds(pids)
+    a1 = cpu_seconds(aux)
     fig = parse_wrk(out.stdout)
     if fig["rps"] is None:
         raise RuntimeError(f"wrk failed (rc {out.returncode}): {out.stderr[-300:]}")
     n = fig.get("requests") or 0
     fig["cpu_us_per_req"] = (c1 - c0) * 1e6 / n if pids and n else None
+    if aux:  # the fake shed-server relaying for splice-connect: not the proxy's own CPU
+        fig["aux_cpu_us_per_req"] = (a1 - a0) * 1e6 / n if n else None
     return fig
 
 
@@ -150,13 +188,11 @@ def newconn(ctx: Ctx) -> Figures:
     return _wrk(ctx, close=True)
 
 
-def bulk(ctx: Ctx) -> Figures:
-    """One 1 GiB download: the zero-copy path's throughput and CPU per GiB."""
-    port = ctx.target.ep.http
+def _curl_big(ctx: Ctx, extra: list[str], url: str) -> Figures:
     argv = [
-        "curl", "-s", "-o", "/dev/null", "--max-time", "30", "-H", f"Host: {HOST}",
+        "curl", "-s", "-o", "/dev/null", "--max-time", "30", *extra,
         "--speed-limit", "50000000", "--speed-time", "3",  # < 50 MB/s for 3 s: a stall
-        "-w", "%{http_code} %{size_download} %{time_total}", f"http://127.0.0.1:{port}/big",
+        "-w", "%{http_code} %{size_download} %{time_total}", url,
     ]  # fmt: skip
     pids, c0 = _cpu(ctx)
     out = run(argv, timeout=45)
@@ -176,6 +212,12 @@ def bulk(ctx: Ctx) -> Figures:
         "cpu_s_per_gib": (c1 - c0) / (size / (1 << 30)) if pids else None,
         "errors": 0,
     }
+
+
+def bulk(ctx: Ctx) -> Figures:
+    """One 1 GiB download: the zero-copy path's throughput and CPU per GiB."""
+    port = ctx.target.ep.http
+    return _curl_big(ctx, ["-H", f"Host: {HOST}"], f"http://127.0.0.1:{port}/big")
 
 
 def websocket(ctx: Ctx) -> Figures:
@@ -266,9 +308,58 @@ def held(ctx: Ctx) -> Figures:
 
 
 def coldcache(ctx: Ctx) -> Figures:
-    """Reserved: first request for a shed the resolver has not cached (needs the
-    shed-server resolver). Hook: fill in once a resolver target can be started."""
-    return {"errors": 0, "note": "reserved; not measured yet"}
+    """First request for a shed the resolver has not cached (shed-api resolver against
+    the fake shed-server) vs the same names warm, vs one shed-server round trip."""
+    t = ctx.target
+    assert isinstance(t, SpliceShed) and t.ep.shed is not None
+    names = t.take_cold(ctx.s.cold_names)
+    watch = t.aux[0].pid if t.aux else 0
+    args = ["--port", str(t.ep.shed), "--shed-port", str(t.shed_port), "--domain", DOMAIN]
+    args += ["--names", ",".join(names), "--watch-pid", str(watch)]
+    args += ["--rtt-count", str(max(20, ctx.s.cold_names))]
+    pids, c0 = _cpu(ctx)
+    fig = _python_client(ctx, "bench.first_req", args, timeout=60 + ctx.s.cold_names)
+    c1 = cpu_seconds(pids)
+    fig["cpu_us_per_req"] = (c1 - c0) * 1e6 / (2 * len(names)) if pids else None
+    if fig.get("cold_p50_ms") is not None and fig.get("rtt_p50_ms") is not None:
+        fig["cold_minus_warm_p50_ms"] = fig["cold_p50_ms"] - fig["warm_p50_ms"]
+        fig["cold_over_rtt_p50_ms"] = fig["cold_p50_ms"] - fig["rtt_p50_ms"]
+    if fig.get("shed_io_warm"):  # the warm path touched shed-server: a cache bug
+        fig["note"] = f"warm phase made {fig['shed_io_warm']} shed-server syscalls"
+    return fig
+
+
+def _fwd_dest(ctx: Ctx, port: int) -> str:
+    return f"{ctx.target.fwd_origin}:{port}"
+
+
+def fwd_connect(ctx: Ctx) -> Figures:
+    """Forward proxy: new CONNECT tunnels (+ a plain GET /small through each, then close)."""
+    s = ctx.s
+    dest = _fwd_dest(ctx, ctx.backend.http)
+    args = ["--port", str(ctx.target.ep.fwd), "--dest", dest, "--conns", str(s.connect_conns)]
+    args += ["--duration", f"{s.duration:g}", "--warmup", f"{s.warmup:g}"]
+    pids, c0 = _cpu(ctx)
+    fig = _python_client(ctx, "bench.connect_load", args, timeout=s.duration + s.warmup + 40)
+    c1 = cpu_seconds(pids)
+    fig["cpu_us_per_conn"] = (c1 - c0) * 1e6 / fig["done"] if pids and fig["done"] else None
+    return fig
+
+
+def fwd_bulk(ctx: Ctx) -> Figures:
+    """Forward proxy: 1 GiB through a CONNECT tunnel (curl -p -x)."""
+    dest = _fwd_dest(ctx, ctx.backend.http)
+    extra = ["-p", "-x", f"http://127.0.0.1:{ctx.target.ep.fwd}"]
+    return _curl_big(ctx, extra, f"http://{dest}/big")
+
+
+def fwd_abs(ctx: Ctx) -> Figures:
+    """Forward proxy: absolute-form keep-alive GETs (wrk with a Lua script setting the
+    request target to http://ORIGIN:PORT/small)."""
+    dest = _fwd_dest(ctx, ctx.backend.http)
+    script = ctx.env.dir(ctx.target.name) / "absolute.lua"
+    script.write_text(f'wrk.path = "http://{dest}/small"\n')
+    return _wrk(ctx, close=False, port=ctx.target.ep.fwd, host=dest, script=str(script))
 
 
 # ---------------------------------------------------------------- registry
@@ -323,12 +414,46 @@ def scenarios(s: Settings) -> list[Scenario]:
             tls, "conns_per_s", ("hs_p50_ms", "hs_p99_ms"),
         ),
         Scenario(
-            "coldcache", "reserved: uncached shed lookup", "http", (), coldcache,
-            rounds_attr="rounds",
+            "coldcache",
+            f"first request, uncached vs cached shed ({s.cold_names} names, shed-api resolver)",
+            "shed",
+            (Metric("cold_p50_ms", "cold p50 ms", False, _F3),
+             Metric("cold_p99_ms", "cold p99 ms", False, _F3),
+             Metric("warm_p50_ms", "warm p50 ms", False, _F3),
+             Metric("warm_p99_ms", "warm p99 ms", False, _F3),
+             Metric("rtt_p50_ms", "shed-server RTT p50 ms", False, _F3),
+             Metric("rtt_fresh_p50_ms", "RTT new conn p50 ms", False, _F3),
+             Metric("cold_minus_warm_p50_ms", "cold - warm p50 ms", False, _F3),
+             Metric("shed_io_warm", "shed-server syscalls (warm)", False)),
+            coldcache, None, ("cold_p50_ms", "warm_p50_ms", "rtt_p50_ms"), proxy_only=True,
+        ),
+        Scenario(
+            "fwd-connect", f"{s.connect_conns} workers: CONNECT + GET /small in the tunnel + close",
+            "fwd",
+            (Metric("tunnels_per_s", "tunnels/s", True),
+             Metric("tunnel_p50_ms", "tunnel p50 ms", False, _F3),
+             Metric("tunnel_p99_ms", "tunnel p99 ms", False, _F3),
+             Metric("cpu_us_per_conn", "proxy CPU µs/tunnel", False, "{:,.1f}"),
+             Metric("client_cpu_pct", "client CPU % of a core", False, "{:,.0f}", ratio=False)),
+            fwd_connect, "tunnels_per_s", ("tunnel_p50_ms", "tunnel_p99_ms"), ref="tinyproxy",
+        ),
+        Scenario(
+            "fwd-bulk", "curl -p -x: GET /big (1 GiB) through a CONNECT tunnel", "fwd",
+            (Metric("gbps", "GB/s", True, _F2),
+             Metric("cpu_s_per_gib", "proxy CPU s/GiB", False, _F3)),
+            fwd_bulk, "gbps", ref="tinyproxy",
+        ),
+        Scenario(
+            "fwd-abs", f"wrk -c{s.wrk_conns} absolute-form keep-alive GET http://ORIGIN/small",
+            "fwd",
+            (Metric("rps", "req/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}")),
+            fwd_abs, "rps", ("p50_ms", "p99_ms"), ref="tinyproxy",
         ),
     ]  # fmt: skip
 
 
 SCENARIO_NAMES = [sc.name for sc in scenarios(Settings())]
-#: run by default; coldcache only when asked for with --only
-DEFAULT_SCENARIOS = [n for n in SCENARIO_NAMES if n != "coldcache"]
+#: run by default (every one; --only picks a subset)
+DEFAULT_SCENARIOS = list(SCENARIO_NAMES)

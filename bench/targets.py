@@ -8,14 +8,19 @@ serves every target. Configs are written into the run's temp dir and kept in the
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import importlib.util
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.proc import Managed, StartError, free_ports, tree, wait_port
 
@@ -26,6 +31,12 @@ SMALL_BYTES = 1024
 BIG_BYTES = 1 << 30
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 REPO = Path(__file__).resolve().parent.parent
+FAKE_SHED_SERVER = REPO / "scripts" / "fake_shed_server.py"
+#: the forward-proxy origin name splice dials through ``[forward] hosts`` (no DNS)
+FWD_ORIGIN = "origin.test"
+#: distinct shed names the coldcache fake shed-server knows (c0 ... c<N-1>); each
+#: round uses fresh ones, so every "cold" request really misses the resolver cache
+COLD_NAMES = 1000
 
 
 @dataclass
@@ -36,6 +47,8 @@ class Env:
     nofile: int
     python: str = sys.executable
     splice_cmd: str = "{python} -m splice serve -c {config}"
+    #: seconds the fake shed-server waits before each answer (its --delay)
+    shed_delay: float = 0.0
 
     def dir(self, name: str) -> Path:
         d = self.work / name
@@ -50,6 +63,10 @@ class Endpoints:
     http: int | None = None
     ws: int | None = None
     tls: int | None = None
+    #: a forward proxy (absolute-form requests and CONNECT)
+    fwd: int | None = None
+    #: splice resolving through the (fake) shed-server: the coldcache scenario
+    shed: int | None = None
 
 
 def _nginx_head(d: Path, nofile: int, *, stream: bool = False) -> str:
@@ -182,6 +199,14 @@ class Target:
     procs: list[Managed] = field(default_factory=list)
     ep: Endpoints = field(default_factory=Endpoints)
     notes: list[str] = field(default_factory=list)
+    #: the scenarios this target takes part in (None: every one it has endpoints for)
+    only: tuple[str, ...] | None = None
+    #: helper processes (the fake shed-server) stopped with the target, not measured as it
+    aux: list[Managed] = field(default_factory=list)
+    #: forward proxies: the origin host name clients ask for (absolute-form, CONNECT)
+    fwd_origin: str = ""
+    #: one line for the targets table (variants: what differs from plain splice)
+    about: str = ""
 
     def missing(self) -> str | None:
         """Why this target cannot run here (None when it can)."""
@@ -200,6 +225,9 @@ class Target:
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
+        for p in reversed(self.aux):
+            p.stop()
+        self.aux.clear()
 
     def restart(self, env: Env, be: Backend) -> Endpoints:
         """A fresh process (fresh ports too: no TIME_WAIT bind surprises)."""
@@ -207,11 +235,20 @@ class Target:
         return self.start(env, be)
 
     def alive(self) -> bool:
-        return all(p.alive() for p in self.procs)
+        return all(p.alive() for p in self.procs + self.aux)
 
     def pids(self) -> list[int]:
         """The process tree to read CPU, RSS and fds from (empty: nothing to measure)."""
         return tree(p.pid for p in self.procs)
+
+    def aux_pids(self) -> list[int]:
+        """Helper processes (fake shed-server): their CPU is reported apart."""
+        return tree(p.pid for p in self.aux)
+
+    @contextlib.contextmanager
+    def during(self, scenario: str) -> Iterator[dict[str, Any]]:
+        """Wraps one scenario run; what the dict holds at exit joins the run's figures."""
+        yield {}
 
     def version(self) -> str:
         return "-"
@@ -247,10 +284,18 @@ class Direct(Target):
 
 
 class Splice(Target):
-    """splice itself: HTTP listener (Host) plus a tls-passthrough listener (SNI)."""
+    """splice itself: HTTP listener (Host) plus a tls-passthrough listener (SNI).
 
-    def __init__(self) -> None:
-        super().__init__("splice", tls_how="tls-passthrough (SNI)")
+    Subclasses are variants measured against it in the same run (splice-first,
+    splice-2w, splice-admin, splice-connect, splice-shed, splice-fwd): each changes one
+    config key and takes part only in the scenarios its issue asks about (``only``)."""
+
+    #: run a tls-passthrough listener too (the base target only: TLS is its scenario)
+    with_tls = True
+
+    def __init__(self, name: str = "splice", *, only: tuple[str, ...] | None = None) -> None:
+        super().__init__(name, tls_how="tls-passthrough (SNI)" if self.with_tls else None)
+        self.only = only
 
     def missing(self) -> str | None:
         if importlib.util.find_spec("splice") is None:
@@ -259,14 +304,27 @@ class Splice(Target):
             return "splice.cli not written yet"
         return None
 
-    def _config(self, http: int, tls: int | None, be: Backend) -> str:
+    # -- what variants override: extra top-level keys, extra tables, helper processes
+    def _top(self, env: Env, be: Backend) -> str:
+        return ""
+
+    def _tail(self, env: Env, be: Backend) -> str:
+        return ""
+
+    def _prepare(self, env: Env, be: Backend) -> None:
+        """Start helpers (the fake shed-server) and pick their ports, before the config."""
+
+    def _endpoints(self, http: int, tls: int | None) -> Endpoints:
+        return Endpoints(http=http, ws=http, tls=tls)
+
+    def _config(self, http: int, tls: int | None, env: Env, be: Backend) -> str:
         tls_listen = (
             f'\n[[listen]]\naddress = "127.0.0.1:{tls}"\nmode = "tls-passthrough"\n' if tls else ""
         )
         return f"""domains = ["{DOMAIN}"]
 default_port = 8080
 access_log = false  # like every peer here: no per-connection log line
-
+{self._top(env, be)}
 [[listen]]
 address = "127.0.0.1:{http}"
 mode = "http"
@@ -279,30 +337,261 @@ tls_port = {be.tls}
 [sheds.wsecho]
 address = "127.0.0.1"
 default_port = {be.ws}
-"""
+{self._tail(env, be)}"""
 
     def _start(self, env: Env, be: Backend) -> Endpoints:
         d = env.dir(self.name)
+        self._prepare(env, be)
         http, tls = free_ports(2)
         conf = d / "splice.toml"
-        for tls_port in (tls, None):  # fall back to HTTP only while TLS is not there yet
-            conf.write_text(self._config(http, tls_port, be))
+        tls_ports = (tls, None) if self.with_tls else (None,)
+        for tls_port in tls_ports:  # fall back to HTTP only while TLS is not there yet
+            conf.write_text(self._config(http, tls_port, env, be))
             argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
             try:
                 ports = [http] + ([tls_port] if tls_port else [])
                 self._spawn(env, argv, ports, cwd=REPO)
-                return Endpoints(http=http, ws=http, tls=tls_port)
+                return self._endpoints(http, tls_port)
             except StartError as e:
                 self.stop()
                 if tls_port is None:
                     raise
+                self._prepare(env, be)  # stop() ended the helpers too
                 self.notes.append(f"tls-passthrough listener refused; HTTP only: {e}"[:400])
         raise AssertionError("unreachable")
+
+    def _fake_shed_server(self, env: Env, sheds: list[str]) -> int:
+        """Start scripts/fake_shed_server.py (a helper: not in ``pids``); return its port."""
+        (port,) = free_ports(1)
+        argv = [env.python, str(FAKE_SHED_SERVER), "--port", str(port)]
+        if env.shed_delay:
+            argv += ["--delay", f"{env.shed_delay:g}"]
+        for name in sheds:
+            argv += ["--shed", f"{name}=127.0.0.1"]
+        d = env.dir(self.name)
+        p = Managed(f"{self.name}-fake-shed-server", argv, d / "fake_shed_server.log", cwd=REPO)
+        self.aux.append(p)
+        wait_port(port, p)
+        return port
 
     def version(self) -> str:
         import splice
 
         return f"splice {splice.__version__}"
+
+
+class SpliceFirst(Splice):
+    """Issue 4: ``route_each_request = false``, the v0.1 behaviour (route a connection's
+    first request, splice the rest blind): the ceiling per-request routing is held to."""
+
+    with_tls = False
+
+    def __init__(self) -> None:
+        super().__init__("splice-first", only=("keepalive",))
+        self.about = "route_each_request = false (v0.1: first request routed, rest spliced blind)"
+
+    def _top(self, env: Env, be: Backend) -> str:
+        return "route_each_request = false\n"
+
+
+class SpliceWorkers(Splice):
+    """Issue 8: ``workers = 2`` (a supervisor and two SO_REUSEPORT workers)."""
+
+    with_tls = False
+
+    def __init__(self, workers: int = 2) -> None:
+        super().__init__(f"splice-{workers}w", only=("keepalive", "newconn"))
+        self.about = "workers = 2 (supervisor + 2 SO_REUSEPORT workers)"
+        self.workers = workers
+
+    def _top(self, env: Env, be: Backend) -> str:
+        return f"workers = {self.workers}\n"
+
+
+class SpliceAdmin(Splice):
+    """Issue 8: the admin listener on, and a scraper GETting /metrics once a second for
+    the whole of each keepalive run (compare with plain ``splice``: no admin listener)."""
+
+    with_tls = False
+    scrape_every = 1.0
+
+    def __init__(self) -> None:
+        super().__init__("splice-admin", only=("keepalive",))
+        self.about = "[admin] listener on, GET /metrics every 1 s during keepalive"
+        self.admin_port = 0
+
+    def _prepare(self, env: Env, be: Backend) -> None:
+        (self.admin_port,) = free_ports(1)
+
+    def _tail(self, env: Env, be: Backend) -> str:
+        return f'\n[admin]\naddress = "127.0.0.1:{self.admin_port}"\n'
+
+    def scrape(self) -> int:
+        """One GET /metrics; the body size (raises on anything but 200)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                raise RuntimeError(f"/metrics answered {r.status}")
+            return len(body)
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def during(self, scenario: str) -> Iterator[dict[str, Any]]:
+        out: dict[str, Any] = {}
+        stop = threading.Event()
+        counts = {"ok": 0, "failed": 0, "bytes": 0}
+
+        def loop() -> None:
+            while not stop.wait(self.scrape_every):
+                try:
+                    counts["bytes"] = self.scrape()
+                    counts["ok"] += 1
+                except Exception:
+                    counts["failed"] += 1
+
+        th = threading.Thread(target=loop, name="metrics-scraper", daemon=True)
+        th.start()
+        try:
+            yield out
+        finally:
+            stop.set()
+            th.join(10)
+            out.update(scrapes=counts["ok"], scrape_failures=counts["failed"],
+                       metrics_bytes=counts["bytes"])  # fmt: skip
+
+
+class SpliceConnect(Splice):
+    """Issue 3: ``[dial] mode = "connect"``: every upstream through the shed-server's
+    Connect API (here scripts/fake_shed_server.py, which relays in Python: its CPU is
+    reported apart as ``aux_cpu_us_per_req``)."""
+
+    with_tls = False
+
+    def __init__(self) -> None:
+        super().__init__("splice-connect", only=("keepalive", "newconn"))
+        self.about = '[dial] mode = "connect" via the fake shed-server (Python relay)'
+        self.shed_port = 0
+
+    def _prepare(self, env: Env, be: Backend) -> None:
+        self.shed_port = self._fake_shed_server(env, ["alpha", "wsecho"])
+
+    def _tail(self, env: Env, be: Backend) -> str:
+        return f"""
+[dial]
+mode = "connect"
+
+[resolver]
+shed_server = "http://127.0.0.1:{self.shed_port}"
+"""
+
+
+class SpliceShed(Splice):
+    """Issues 3/6: ``[resolver] chain = ["shed-api"]`` against the fake shed-server
+    (names alpha and c0..c999, all at 127.0.0.1), ``ttl`` an hour: the coldcache target."""
+
+    with_tls = False
+
+    def __init__(self) -> None:
+        super().__init__("splice-shed", only=("coldcache",))
+        self.about = '[resolver] chain = ["shed-api"] against the fake shed-server'
+        self.shed_port = 0
+        self.next_cold = 0  # the next unused cN name (each is cold exactly once)
+
+    def _prepare(self, env: Env, be: Backend) -> None:
+        self.next_cold = 0  # a fresh process has an empty cache
+        names = ["alpha"] + [f"c{i}" for i in range(COLD_NAMES)]
+        self.shed_port = self._fake_shed_server(env, names)
+
+    def _config(self, http: int, tls: int | None, env: Env, be: Backend) -> str:
+        return f"""domains = ["{DOMAIN}"]
+default_port = {be.http}  # every shed-server shed serves /small here
+access_log = false
+
+[[listen]]
+address = "127.0.0.1:{http}"
+mode = "http"
+
+[resolver]
+chain = ["shed-api"]
+shed_server = "http://127.0.0.1:{self.shed_port}"
+ttl = 3600
+stale = 3600
+"""
+
+    def _endpoints(self, http: int, tls: int | None) -> Endpoints:
+        return Endpoints(shed=http)
+
+    def take_cold(self, n: int) -> list[str]:
+        """n shed names this process has never looked up."""
+        if self.next_cold + n > COLD_NAMES:
+            raise RuntimeError(f"only {COLD_NAMES - self.next_cold} cold names left")
+        names = [f"c{i}" for i in range(self.next_cold, self.next_cold + n)]
+        self.next_cold += n
+        return names
+
+
+class SpliceForward(Splice):
+    """Issue 10: a ``mode = "forward"`` listener; ``[forward] allow = []`` (any host) on
+    the backend's ports, ``hosts`` maps origin.test to 127.0.0.1 (dialled as written)."""
+
+    with_tls = False
+
+    def __init__(self) -> None:
+        super().__init__("splice-fwd")
+        self.about = 'mode = "forward" listener, [forward] allow = [], hosts origin.test'
+        self.fwd_origin = FWD_ORIGIN
+
+    def _config(self, http: int, tls: int | None, env: Env, be: Backend) -> str:
+        return f"""access_log = false
+
+[[listen]]
+address = "127.0.0.1:{http}"
+mode = "forward"
+
+[forward]
+allow = []
+ports = [{be.http}, {be.tls}]
+hosts = {{ "{FWD_ORIGIN}" = "127.0.0.1" }}
+"""
+
+    def _endpoints(self, http: int, tls: int | None) -> Endpoints:
+        return Endpoints(fwd=http)
+
+
+class Tinyproxy(Target):
+    """tinyproxy (C, a thread per connection) in the foreground: the forward-proxy peer.
+    It has no hosts map, so clients ask it for 127.0.0.1 (no DNS either way)."""
+
+    def __init__(self) -> None:
+        super().__init__("tinyproxy", binary="tinyproxy")
+        self.about = "forward proxy peer, foreground, ConnectPort for the backend ports"
+        self.fwd_origin = "127.0.0.1"
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        d = env.dir(self.name)
+        (port,) = free_ports(1)
+        conf = d / "tinyproxy.conf"
+        user = "User root\nGroup root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"""Port {port}
+Listen 127.0.0.1
+Timeout 600
+MaxClients 1024
+LogFile "{d}/tinyproxy.log"
+LogLevel Critical
+PidFile "{d}/tinyproxy.pid"
+DisableViaHeader Yes
+ConnectPort {be.http}
+ConnectPort {be.tls}
+{user}""")
+        self._spawn(env, ["tinyproxy", "-d", "-c", str(conf)], [port])
+        return Endpoints(fwd=port)
+
+    def version(self) -> str:
+        return _version(["tinyproxy", "-v"])
 
 
 class HaproxyTcp(Target):
@@ -565,8 +854,13 @@ table tls_hosts {{
 
 
 def all_targets() -> list[Target]:
-    """Every target, in the order they are measured within a round."""
-    return [Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy()]
+    """Every target, in the order they are measured within a round: the peers, then
+    splice's variants (each only in its own scenarios), then the forward proxies."""
+    return [
+        Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
+        SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(), SpliceShed(),
+        SpliceForward(), Tinyproxy(),
+    ]  # fmt: skip
 
 
 TARGET_NAMES = [t.name for t in all_targets()]

@@ -11,6 +11,7 @@ Every failure is a TLS alert and a close: never a hang, never a plaintext page.
 from __future__ import annotations
 
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from splice.errors import ProtocolError, SpliceError
@@ -70,9 +71,11 @@ class TlsConn(Relay):
         """Take the PROXY header and the hello from ``inbuf``; True once routing began."""
         if self.need_proxy is not None and not self.take_proxy_header(self.inbuf):
             return self.closed
+        t = time.perf_counter()
         hello = parse_client_hello(self.inbuf)
         if hello is None:
             return False
+        self.ctx.metrics.head_parse.observe(time.perf_counter() - t)
         self.hello = hello
         self.ctx.head_deadlines.discard(self)
         self._route(hello)
@@ -104,7 +107,14 @@ class TlsConn(Relay):
         preamble = self.proxy_preamble(self.hello.server_name)
         self.up_flow.write(preamble + bytes(self.inbuf))
         self.inbuf.clear()
+        self.dial_t = time.perf_counter()
         self.client_readable()
+
+    def upstream_readable(self) -> None:
+        if self.dial_t and self.handshake is None:
+            self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
+            self.dial_t = 0.0
+        super().upstream_readable()
 
     def on_head_timeout(self) -> None:
         if self.hello is None and not self.closed:
