@@ -21,6 +21,7 @@ APT_COMMANDS = {
     "nginx": "nginx-light",
     "caddy": "caddy",
     "sniproxy": "sniproxy",
+    "tinyproxy": "tinyproxy",
     "curl": "curl",
     "openssl": "openssl",
 }

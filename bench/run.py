@@ -1,6 +1,6 @@
 """Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
 
-    python -m bench.run --quick                       # < 4 minutes
+    python -m bench.run --quick                       # ~4.5 minutes
     python -m bench.run --full                        # ~15 minutes
     python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
 

@@ -57,7 +57,9 @@ class Flow:
         self.pool = pool
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
-        self.pending = bytearray()
+        #: bytes dst refused, copied out of the shared buffer; None while nothing waits
+        #: (an idle connection then holds no buffer of its own)
+        self.pending: bytearray | None = None
         self.blocked = False
         self.splicing = False
         self.budget = -1
@@ -99,7 +101,7 @@ class Flow:
             except BlockingIOError:
                 sent = 0
             if sent < n:
-                self.pending += _MV[sent:n]
+                self.pending = bytearray(_MV[sent:n])
                 self.blocked = True
                 return BLOCKED
             if n == CHUNK:
@@ -152,14 +154,17 @@ class Flow:
         """Send ``data`` after anything already queued; True when all of it went out."""
         self.nbytes += len(data)
         if self.blocked:
-            self.pending += data
+            if self.pending is None:
+                self.pending = bytearray(data)
+            else:
+                self.pending += data
             return False
         try:
             sent = self.dst.send(data)
         except BlockingIOError:
             sent = 0
         if sent < len(data):
-            self.pending += memoryview(data)[sent:]
+            self.pending = bytearray(memoryview(data)[sent:])
             self.blocked = True
             return False
         return True
@@ -186,6 +191,7 @@ class Flow:
             del self.pending[:sent]
             if self.pending:
                 return False
+        self.pending = None
         self.blocked = False
         if self.shut:
             self._shutdown()
