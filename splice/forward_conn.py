@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
@@ -47,9 +48,10 @@ _HOP_FIELDS = re.compile(
 )
 _PROXY_AUTH = re.compile(rb"\r\nproxy-authorization[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
 _CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
-#: Proxy-Authorization values already checked -> user ("" = wrong); verifying is slow
-#: on purpose (scrypt), so each distinct header is verified once per 5 minutes
-_VERIFIED: TTLCache[bytes, str] = TTLCache(maxsize=1024, ttl=300.0)
+#: Proxy-Authorization value -> (user or "" for wrong, the users table it was checked
+#: against). Verifying is slow on purpose (scrypt), so each distinct header is verified
+#: once per 5 minutes per config: a reload brings a new table and every entry is stale.
+_VERIFIED: TTLCache[bytes, tuple[str, Mapping[str, str]]] = TTLCache(maxsize=1024, ttl=300.0)
 
 
 class _Verify(Exception):
@@ -175,18 +177,18 @@ class ForwardConn(HttpConn):
         if m is None:
             raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
         known = _VERIFIED.get(m.group(1))
-        if known is None:
+        if known is None or known[1] is not users:
             raise _Verify(m.group(1))
-        if not known:
+        if not known[0]:
             raise RouteError("Proxy authentication failed.", code="PROXY_AUTH_REQUIRED")
-        return known
+        return known[0]
 
     def _verify(self, header: bytes, head: Head) -> None:
         users = self.policy.users
         fut = self.ctx.loop.run_in_executor(None, authenticate, users, header)
 
         def done(f: asyncio.Future[str | None]) -> None:
-            _VERIFIED[header] = f.result() or ""
+            _VERIFIED[header] = (f.result() or "", users)
             if not self.closed:
                 self.guarded(lambda: self._route(head))
                 if not self.closed:

@@ -24,6 +24,8 @@ TTL = 30.0
 NEGATIVE_TTL = 5.0
 #: names remembered at once
 MAXSIZE = 4096
+#: a resolver that has not answered in this long is not going to; don't hold the client
+LOOKUP_TIMEOUT = 5.0
 
 
 class DnsCache:
@@ -68,9 +70,11 @@ class DnsCache:
     async def _lookup(self, name: str) -> tuple[str, ...]:
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:
-            problem = getattr(e, "strerror", None) or str(e)
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), LOOKUP_TIMEOUT
+            )
+        except (OSError, UnicodeError, TimeoutError) as e:
+            problem = getattr(e, "strerror", None) or str(e) or "timed out"
             self._bad[name] = problem
             raise _failed(name, problem) from None
         addrs = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
