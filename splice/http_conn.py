@@ -275,11 +275,7 @@ class HttpConn(Relay):
             # are stopping: the client retries on a new connection
             self.close()
             return
-        found = self.lookup_now(name)
-        if found is None:
-            self.resolve_then(name)
-        else:
-            self.routed(*found)
+        self.route_name(name)
 
     def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
         head = self.head

@@ -409,6 +409,14 @@ class Relay:
         shed, port = name.alt
         return shed, port, await chain.resolve(shed)
 
+    def route_name(self, name: HostName) -> None:
+        """Route to ``name``'s shed: at once on a cache hit, after a lookup on a miss."""
+        found = self.lookup_now(name)
+        if found is None:
+            self.resolve_then(name)
+        else:
+            self.routed(*found)
+
     def resolve_then(self, name: HostName) -> None:
         """A cache miss: the one place a connection starts a Task, and only on a miss."""
         task = self.ctx.loop.create_task(self.lookup(name))

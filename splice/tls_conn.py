@@ -89,11 +89,7 @@ class TlsConn(Relay):
         else:
             self.host = hello.server_name
             name = parse_host(hello.server_name.encode(), self.ctx.cfg.domains)
-        found = self.lookup_now(name)
-        if found is None:
-            self.resolve_then(name)
-        else:
-            self.routed(*found)
+        self.route_name(name)
 
     def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:
         self.shed = shed
