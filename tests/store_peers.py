@@ -221,6 +221,9 @@ class Gateway:
         self._call(self._stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(WAIT)
+        # transports closed during _stop (a TLS shutdown, say) finish closing on the
+        # loop's next turns; closing the loop before that fails with EBUSY
+        self.loop.run_until_complete(asyncio.sleep(0.2))
         self.loop.close()
         self.runtime.close()
 
