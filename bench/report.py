@@ -167,7 +167,7 @@ def _le(v: float | None, bound: float) -> bool | None:
 
 def targets_summary(res: Results) -> list[dict[str, Any]]:
     """Each issue target: the measured figures, the ratio and MET / NOT MET (n/a: not
-    measured). Issue 6's targets first, then issues 3, 4, 8 and 10."""
+    measured). Issue 6's targets first, then issues 3, 4, 8, 10 and 11."""
     out: list[dict[str, Any]] = []
     scs = res["scenarios"]
 
@@ -314,6 +314,61 @@ def targets_summary(res: Results) -> list[dict[str, Any]]:
             "10", f"forward proxy vs tinyproxy: {sc_name} {unit} (no target)",
             f"splice-fwd {_n(a, fmt)}; tinyproxy {_n(b, fmt)}{extra}",
             f"{x(_x(a, b))}", None, info=True,
+        ))  # fmt: skip
+    out += _store_checks(res)
+    return out
+
+
+def _store_checks(res: Results) -> list[dict[str, Any]]:
+    """Issue 11 (no numeric target): replay hits, replay bulk, the cost of recording."""
+    out: list[dict[str, Any]] = []
+
+    def m(sc: str, t: str, k: str) -> float | None:
+        return _med(res, sc, t, k)
+
+    def x(v: float | None) -> str:
+        return "x" + _n(v, "{:.2f}")
+
+    def gb(v: float | None) -> str:
+        return _n(v, "{:.2f}") + " GB/s"
+
+    def sg(v: float | None) -> str:
+        return _n(v, "{:.3f}") + " s/GiB"
+
+    sc = "replay"
+    if m(sc, "splice-replay", "rps") is not None:
+        r, d, f = (m(sc, t, "rps") for t in ("splice-replay", "direct", "splice-fwd"))
+        rp, dp, fp = (m(sc, t, "p99_ms") for t in ("splice-replay", "direct", "splice-fwd"))
+        out.append(_check(
+            "11", "replay hits: keep-alive /small req/s from the store vs nginx, vs live "
+            "forwarding (no target)",
+            f"splice-replay {_n(r)} req/s (p99 {_n(rp, '{:.3f}')} ms, "
+            f"{_n(m(sc, 'splice-replay', 'cpu_us_per_req'), '{:.1f}')} µs/req); direct {_n(d)} "
+            f"(p99 {_n(dp, '{:.3f}')} ms); splice-fwd store off {_n(f)} "
+            f"(p99 {_n(fp, '{:.3f}')} ms)",
+            f"{x(_x(r, d))} direct, {x(_x(r, f))} splice-fwd", None, info=True,
+        ))  # fmt: skip
+    sc = "replay-bulk"
+    if m(sc, "splice-replay", "gbps") is not None:
+        r, d = m(sc, "splice-replay", "gbps"), m(sc, "direct", "gbps")
+        out.append(_check(
+            "11", "replay bulk: 1 GiB from the store vs nginx (no target)",
+            f"splice-replay {gb(r)}, {sg(m(sc, 'splice-replay', 'cpu_s_per_gib'))}; "
+            f"direct {gb(d)}",
+            f"{x(_x(r, d))} GB/s", None, info=True,
+        ))  # fmt: skip
+    sc = "record-cost"
+    if m(sc, "splice-record", "rps") is not None:
+        pairs = [(m(sc, "splice-record", k), m(sc, "splice-fwd", k)) for k in
+                 ("rps", "p99_ms", "cpu_us_per_req", "gbps", "cpu_s_per_gib")]  # fmt: skip
+        (rr, fr), (rp, fp), (rc, fc), (rg, fg), (rs, fs) = pairs
+        bulk = "" if rg is None else f"; bulk {gb(rg)} vs {gb(fg)}, {sg(rs)} vs {sg(fs)}"
+        bulk_x = "" if rg is None else f", {x(_x(rg, fg))} bulk GB/s, {x(_x(rs, fs))} CPU/GiB"
+        out.append(_check(
+            "11", "recording cost: record mode / store off (no target)",
+            f"/small keep-alive {_n(rr)} vs {_n(fr)} req/s, p99 {_n(rp, '{:.3f}')} vs "
+            f"{_n(fp, '{:.3f}')} ms, {_n(rc, '{:.1f}')} vs {_n(fc, '{:.1f}')} µs/req{bulk}",
+            f"{x(_x(rr, fr))} req/s, {x(_x(rc, fc))} CPU/req{bulk_x}", None, info=True,
         ))  # fmt: skip
     return out
 

@@ -1,7 +1,7 @@
 """Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
 
     python -m bench.run --quick                       # ~4.5 minutes
-    python -m bench.run --full                        # ~15 minutes
+    python -m bench.run --full                        # ~17.5 minutes
     python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
 
 Installs missing peers (apt) and matplotlib (pip), starts every process on its own
@@ -33,12 +33,23 @@ from bench.proc import Managed, raise_nofile
 from bench.scenarios import (
     DEFAULT_SCENARIOS,
     SCENARIO_NAMES,
+    STORE_SCENARIOS,
     Ctx,
     Scenario,
     Settings,
     scenarios,
 )
-from bench.targets import REPO, TARGET_NAMES, Backend, Direct, Env, Target, all_targets, held_cap
+from bench.targets import (
+    REPO,
+    STORE_MIN_FREE,
+    TARGET_NAMES,
+    Backend,
+    Direct,
+    Env,
+    Target,
+    all_targets,
+    held_cap,
+)
 
 PROFILES = {
     # quick holds only 10k (the issue-6 level); full adds 2k
@@ -207,17 +218,40 @@ def _weight(sc: Scenario, s: Settings) -> float:
         return 2.0
     if sc.name == "fwd-bulk":
         return 2.5
+    if sc.name == "replay-bulk":
+        return 3.0
+    if sc.name == "record-cost":
+        return s.duration + 0.8 + 5.0
     if sc.name == "coldcache":
         return 1.0 + s.cold_names * 0.01
     return s.duration + s.warmup + 0.8
 
 
-def _supports(sc: Scenario, t: Target) -> bool:
+def _takes_part(sc: Scenario, t: Target) -> bool:
+    """Whether ``t`` may run ``sc`` at all (before it is started: no endpoints yet)."""
     if sc.proxy_only and isinstance(t, Direct):
         return False
-    if t.only is not None and sc.name not in t.only:
+    if sc.targets is not None and t.name not in sc.targets:
         return False
-    return getattr(t.ep, sc.needs) is not None
+    return t.only is None or sc.name in t.only
+
+
+def _supports(sc: Scenario, t: Target) -> bool:
+    return _takes_part(sc, t) and any(
+        getattr(t.ep, need) is not None for need in sc.needs.split("|")
+    )
+
+
+def store_disk(work: Path) -> tuple[bool, str]:
+    """Whether the store scenarios may record the 1 GiB /big here, and a note if not."""
+    free = shutil.disk_usage(work).free
+    if free >= STORE_MIN_FREE:
+        return True, ""
+    return False, (
+        f"store bulk skipped: {free / 2**30:.1f} GiB free in {work} (< "
+        f"{STORE_MIN_FREE / 2**30:.0f} GiB): no /big recorded, replay-bulk not run, "
+        "record-cost measures /small only"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,9 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         env.splice_cmd = a.splice_cmd
     env.shed_delay = a.shed_delay
     wanted = a.targets.split(",") if a.targets else TARGET_NAMES
-    targets = [t for t in all_targets() if t.name in wanted]
     chosen = a.only.split(",") if a.only else DEFAULT_SCENARIOS
     scs = [sc for sc in scenarios(s) if sc.name in chosen]
+    # a target no chosen scenario takes is not started (splice-replay records 1 GiB)
+    targets = [
+        t for t in all_targets() if t.name in wanted and any(_takes_part(sc, t) for sc in scs)
+    ]
+    store_note = ""
+    uses_store = any(sc.name in STORE_SCENARIOS for sc in scs)
+    if uses_store:
+        env.store_bulk, store_note = store_disk(work)
+        if store_note:
+            print(f"bench: {store_note}", file=sys.stderr)
 
     meta: dict[str, Any] = sysinfo(nofile)
     meta.update(
@@ -263,17 +306,21 @@ def main(argv: list[str] | None = None) -> int:
         settings=asdict(s),
         held_actual=actual_levels,
         haproxy_ref=a.haproxy_ref,
-        warnings=warnings + setting_notes,
+        warnings=warnings + setting_notes + ([store_note] if store_note else []),
     )
     res: dict[str, Any] = {"meta": meta, "targets": {}, "scenarios": {}}
+    meta["store_disk_free_gib"] = shutil.disk_usage(work).free / 2**30 if uses_store else None
     for sc in scs:
+        note = " ".join(setting_notes) if sc.name == "held" else notes_for(sc.name, a)
+        if store_note and sc.name in ("replay-bulk", "record-cost"):
+            note = f"**{store_note}.** {note}"
         res["scenarios"][sc.name] = {
             "title": sc.title,
             "metrics": [asdict(m) for m in sc.metrics],
             "throughput": sc.throughput,
             "latency": list(sc.latency),
             "raw": {},
-            "note": " ".join(setting_notes) if sc.name == "held" else notes_for(sc.name, a),
+            "note": note,
             "ref": sc.ref,
         }
     t_start = time.monotonic()
@@ -309,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(rounds)
             for sc in scs
             if r < getattr(s, sc.rounds_attr)
+            if env.store_bulk or sc.name != "replay-bulk"
             for t in live
             if _supports(sc, t)
         ]
@@ -334,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.close()
         for t in targets:
             t.stop()
+            t.cleanup()  # the record/replay stores: GiBs, gone even with --keep-work
         backend.stop()
         Managed.stop_all()
         if a.keep_work:
@@ -371,6 +420,28 @@ def notes_for(name: str, a: argparse.Namespace) -> str:
                 "client keep-alive; wrk reconnects), so its row is really new connections.",
             }.get(name, "")
         )
+    if name in STORE_SCENARIOS:
+        return {
+            "replay": 'Store hits: `splice-replay` (`[forward.store] mode = "replay"`, filled '
+            "by one recording pass at start; a replay never dials) vs `splice-fwd` forwarding "
+            "live with the store off (same absolute-form wrk script) vs nginx serving the file "
+            "(`direct`). Each run first checks one GET carries `X-Splice-Replay: hit`. Cells: "
+            "`value (xdirect, xsplice-fwd)`.",
+            "replay-bulk": "The 1 GiB `/big` recorded once per run (the recording pass), "
+            "replayed with `curl -x` (absolute-form) through `splice-replay`, vs `curl` from "
+            "nginx (`direct`, sendfile). In replay mode a 200 can only be a store hit. With "
+            "few CPUs, curl shares them with the sender: both rows sit near what curl can "
+            "take, so read GB/s as 'keeps up or not' and compare CPU s/GiB. Cells: "
+            "`value (xdirect)`.",
+            "record-cost": '`splice-record` (`mode = "record"`) vs `splice-fwd` (store off), '
+            "same load: wrk keep-alive GET `/small?r=<new>` (a new key per request, so every "
+            "one is fetched, written to a blob, fsynced and indexed; one URL would let "
+            "single-flight answer concurrent ones from the recording), then one `curl -x` of "
+            "`/big` (absolute-form; recording holds the last chunk until the blob is fsynced). "
+            "*store entries/req* ~1 shows every request was recorded. Proxy CPU is splice's "
+            "own; the kernel's writeback of the blobs is not in it. Cells: "
+            "`value (xsplice-fwd)`: the ratio is the cost of recording.",
+        }[name]
     if name in ("keepalive", "newconn"):
         return (
             "splice variants (same build, one config key changed) are compared with `splice` "

@@ -8,6 +8,7 @@ proxy's CPU, RSS and fds are read from /proc around each run.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import resource
@@ -27,7 +28,9 @@ from bench.targets import (
     WS_HOST,
     Backend,
     Env,
+    SpliceReplay,
     SpliceShed,
+    SpliceStore,
     Target,
 )
 
@@ -77,7 +80,8 @@ class Ctx:
 class Scenario:
     name: str
     title: str
-    #: which endpoint the target must offer: "http", "ws", "tls", "fwd" or "shed"
+    #: which endpoint the target must offer: "http", "ws", "tls", "fwd" or "shed";
+    #: "fwd|http": either (a forward proxy, or direct for the no-proxy reference)
     needs: str
     metrics: tuple[Metric, ...]
     fn: Callable[[Ctx], Figures]
@@ -90,6 +94,8 @@ class Scenario:
     notes: list[str] = field(default_factory=list)
     #: the target the second ratio in each cell divides by (None: --haproxy-ref)
     ref: str | None = None
+    #: the only targets taking part (None: every target offering ``needs``)
+    targets: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -188,14 +194,18 @@ def newconn(ctx: Ctx) -> Figures:
     return _wrk(ctx, close=True)
 
 
-def _curl_big(ctx: Ctx, extra: list[str], url: str) -> Figures:
+def _curl_big(
+    ctx: Ctx, extra: list[str], url: str, *, max_time: int = 30, stall_s: int = 3
+) -> Figures:
+    """One /big download; a stall is < 50 MB/s for ``stall_s`` seconds (record mode
+    holds the last chunk back while the blob is fsynced: give it longer)."""
     argv = [
-        "curl", "-s", "-o", "/dev/null", "--max-time", "30", *extra,
-        "--speed-limit", "50000000", "--speed-time", "3",  # < 50 MB/s for 3 s: a stall
+        "curl", "-s", "-o", "/dev/null", "--max-time", str(max_time), *extra,
+        "--speed-limit", "50000000", "--speed-time", str(stall_s),
         "-w", "%{http_code} %{size_download} %{time_total}", url,
     ]  # fmt: skip
     pids, c0 = _cpu(ctx)
-    out = run(argv, timeout=45)
+    out = run(argv, timeout=max_time + 15)
     c1 = cpu_seconds(pids)
     parts = out.stdout.split()
     if len(parts) != 3 or parts[0] != "200" or int(parts[1]) != ctx.s.bulk_bytes:
@@ -362,6 +372,67 @@ def fwd_abs(ctx: Ctx) -> Figures:
     return _wrk(ctx, close=False, port=ctx.target.ep.fwd, host=dest, script=str(script))
 
 
+def _check_hit(ctx: Ctx, dest: str) -> None:
+    """One GET /small through the replaying proxy: it must be a store hit."""
+    conn = http.client.HTTPConnection("127.0.0.1", ctx.target.ep.fwd, timeout=10)
+    try:
+        conn.request("GET", f"http://{dest}/small", headers={"Host": dest})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200 or r.getheader("X-Splice-Replay") != "hit":
+            raise RuntimeError(f"not a replay hit: {r.status} {r.getheaders()}"[:300])
+    finally:
+        conn.close()
+
+
+def replay(ctx: Ctx) -> Figures:
+    """Keep-alive GET /small: from the store (splice-replay), forwarded live with the
+    store off (splice-fwd, absolute-form), or nginx itself (direct)."""
+    if ctx.target.ep.fwd is None:  # direct: the backend serving the same file
+        return _wrk(ctx, close=False)
+    if isinstance(ctx.target, SpliceReplay):
+        _check_hit(ctx, _fwd_dest(ctx, ctx.backend.http))
+    return fwd_abs(ctx)
+
+
+def replay_bulk(ctx: Ctx) -> Figures:
+    """The recorded 1 GiB /big replayed through splice (curl -x, absolute-form), or
+    straight from nginx (direct). In replay mode a 200 can only be a store hit."""
+    if ctx.target.ep.fwd is None:
+        return bulk(ctx)
+    extra = ["-x", f"http://127.0.0.1:{ctx.target.ep.fwd}"]
+    dest = _fwd_dest(ctx, ctx.backend.http)
+    return _curl_big(ctx, extra, f"http://{dest}/big", max_time=120, stall_s=10)
+
+
+def record_cost(ctx: Ctx) -> Figures:
+    """Recording vs the store off: keep-alive GETs of /small under a new query string
+    each (every request a new key, so each is fetched, written, fsynced and indexed;
+    one URL would let single-flight turn concurrent ones into replays), then one 1 GiB
+    /big download (absolute-form, not CONNECT) when the disk has room."""
+    t = ctx.target
+    dest = _fwd_dest(ctx, ctx.backend.http)
+    tag = time.monotonic_ns()  # new keys every run, so no round re-records the last one's
+    script = ctx.env.dir(t.name) / "unique.lua"
+    script.write_text(
+        f"local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, "
+        f'"http://{dest}/small?r={tag}-" .. n)\nend\n'
+    )
+    e0 = t.store_entries() if isinstance(t, SpliceStore) else None
+    fig = _wrk(ctx, close=False, port=t.ep.fwd, host=dest, script=str(script))
+    e1 = t.store_entries() if isinstance(t, SpliceStore) else None
+    if e0 is not None and e1 is not None and fig.get("requests"):
+        fig["entries_per_req"] = (e1 - e0) / fig["requests"]
+    if not ctx.env.store_bulk:
+        fig["note"] = "bulk skipped: not enough free disk"
+        return fig
+    time.sleep(ctx.s.settle)
+    extra = ["-x", f"http://127.0.0.1:{t.ep.fwd}"]
+    big = _curl_big(ctx, extra, f"http://{dest}/big", max_time=180, stall_s=30)
+    fig.update(gbps=big["gbps"], cpu_s_per_gib=big["cpu_s_per_gib"], bulk_s=big["seconds"])
+    return fig
+
+
 # ---------------------------------------------------------------- registry
 
 _F2 = "{:,.2f}"
@@ -451,9 +522,41 @@ def scenarios(s: Settings) -> list[Scenario]:
              Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}")),
             fwd_abs, "rps", ("p50_ms", "p99_ms"), ref="tinyproxy",
         ),
+        Scenario(
+            "replay", f"wrk -c{s.wrk_conns} keep-alive GET /small: store hits vs live vs nginx",
+            "fwd|http",
+            (Metric("rps", "req/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}")),
+            replay, "rps", ("p50_ms", "p99_ms"), ref="splice-fwd",
+            targets=("direct", "splice-fwd", "splice-replay"),
+        ),
+        Scenario(
+            "replay-bulk", "curl -x: GET /big (1 GiB) replayed from the store vs nginx",
+            "fwd|http",
+            (Metric("gbps", "GB/s", True, _F2),
+             Metric("cpu_s_per_gib", "proxy CPU s/GiB", False, _F3)),
+            replay_bulk, "gbps", targets=("direct", "splice-replay"),
+        ),
+        Scenario(
+            "record-cost",
+            f"record mode vs store off: wrk -c{s.wrk_conns} keep-alive GET /small?new-key, "
+            "then curl -x GET /big (1 GiB)",
+            "fwd",
+            (Metric("rps", "req/s", True), Metric("p50_ms", "p50 ms", False, _F3),
+             Metric("p99_ms", "p99 ms", False, _F3),
+             Metric("cpu_us_per_req", "proxy CPU µs/req", False, "{:,.1f}"),
+             Metric("gbps", "bulk GB/s", True, _F2),
+             Metric("cpu_s_per_gib", "bulk CPU s/GiB", False, _F3),
+             Metric("entries_per_req", "store entries/req", True, _F3, ratio=False)),
+            record_cost, "rps", ("p50_ms", "p99_ms"), ref="splice-fwd",
+            targets=("splice-fwd", "splice-record"),
+        ),
     ]  # fmt: skip
 
 
 SCENARIO_NAMES = [sc.name for sc in scenarios(Settings())]
+#: the record/replay store's (issue 11)
+STORE_SCENARIOS = ("replay", "replay-bulk", "record-cost")
 #: run by default (every one; --only picks a subset)
 DEFAULT_SCENARIOS = list(SCENARIO_NAMES)

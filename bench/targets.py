@@ -14,9 +14,11 @@ import importlib.util
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,9 @@ FWD_ORIGIN = "origin.test"
 #: distinct shed names the coldcache fake shed-server knows (c0 ... c<N-1>); each
 #: round uses fresh ones, so every "cold" request really misses the resolver cache
 COLD_NAMES = 1000
+#: free disk the store scenarios need before they record /big: the replay store's
+#: copy, the record store's, and a second one in tmp/ while /big is recorded again
+STORE_MIN_FREE = 4 << 30
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Env:
     splice_cmd: str = "{python} -m splice serve -c {config}"
     #: seconds the fake shed-server waits before each answer (its --delay)
     shed_delay: float = 0.0
+    #: the record/replay store may hold the 1 GiB /big (enough free disk; see run.py)
+    store_bulk: bool = True
 
     def dir(self, name: str) -> Path:
         d = self.work / name
@@ -252,6 +259,9 @@ class Target:
 
     def version(self) -> str:
         return "-"
+
+    def cleanup(self) -> None:
+        """At the end of the run, after ``stop``: remove what must not outlive it."""
 
     def _spawn(
         self,
@@ -540,26 +550,124 @@ class SpliceForward(Splice):
 
     with_tls = False
 
-    def __init__(self) -> None:
-        super().__init__("splice-fwd")
+    def __init__(self, name: str = "splice-fwd", *, only: tuple[str, ...] | None = None) -> None:
+        super().__init__(name, only=only)
         self.about = 'mode = "forward" listener, [forward] allow = [], hosts origin.test'
         self.fwd_origin = FWD_ORIGIN
 
-    def _config(self, http: int, tls: int | None, env: Env, be: Backend) -> str:
+    def _store(self, env: Env) -> str:
+        """A ``[forward.store]`` table (empty: the store is off)."""
+        return ""
+
+    def _forward_config(self, port: int, be: Backend, store: str) -> str:
         return f"""access_log = false
 
 [[listen]]
-address = "127.0.0.1:{http}"
+address = "127.0.0.1:{port}"
 mode = "forward"
 
 [forward]
 allow = []
 ports = [{be.http}, {be.tls}]
 hosts = {{ "{FWD_ORIGIN}" = "127.0.0.1" }}
-"""
+{store}"""
+
+    def _config(self, http: int, tls: int | None, env: Env, be: Backend) -> str:
+        return self._forward_config(http, be, self._store(env))
 
     def _endpoints(self, http: int, tls: int | None) -> Endpoints:
         return Endpoints(fwd=http)
+
+
+def store_table(path: Path, mode: str) -> str:
+    return f'\n[forward.store]\npath = "{path}"\nmode = "{mode}"\n'
+
+
+class SpliceStore(SpliceForward):
+    """Issue 11: ``splice-fwd`` with ``[forward.store]`` on, in ``mode``. The store lives
+    in the run's temp dir and is deleted by ``cleanup`` (even with --keep-work: GiBs)."""
+
+    def __init__(self, name: str, mode: str, only: tuple[str, ...]) -> None:
+        super().__init__(name, only=only)
+        self.mode = mode
+        self.about = f'splice-fwd + [forward.store] mode = "{mode}" (store in the bench temp dir)'
+        self.store_dir: Path | None = None
+
+    def _store_dir(self, env: Env) -> Path:
+        if self.store_dir is None:
+            self.store_dir = env.dir(self.name) / "store"
+        return self.store_dir
+
+    def _store(self, env: Env) -> str:
+        return store_table(self._store_dir(env), self.mode)
+
+    def store_entries(self) -> int | None:
+        """Rows in the store's index now (None: no index yet or unreadable)."""
+        if self.store_dir is None or not (self.store_dir / "index.sqlite3").exists():
+            return None
+        try:
+            db = sqlite3.connect(self.store_dir / "index.sqlite3", timeout=10)
+            try:
+                return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+
+    def cleanup(self) -> None:
+        if self.store_dir is not None:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+class SpliceRecord(SpliceStore):
+    """Issue 11: ``mode = "record"``: forwards and stores every exchange (record-cost)."""
+
+    def __init__(self) -> None:
+        super().__init__("splice-record", "record", ("record-cost",))
+
+
+class SpliceReplay(SpliceStore):
+    """Issue 11: ``mode = "replay"`` on a store filled by one recording pass at start
+    (a separate splice in ``record`` mode fetches /small, and /big when the disk has
+    room, through itself, then stops): answers only from the store, never dials."""
+
+    def __init__(self) -> None:
+        super().__init__("splice-replay", "replay", ("replay", "replay-bulk"))
+        self.recorded = False
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        if not self.recorded:  # once per run: a restart replays what is already there
+            self._record_pass(env, be)
+            self.recorded = True
+        return super()._start(env, be)
+
+    def _record_pass(self, env: Env, be: Backend) -> None:
+        d = env.dir(self.name)
+        (port,) = free_ports(1)
+        conf = d / "record-pass.toml"
+        conf.write_text(self._forward_config(port, be, store_table(self._store_dir(env), "record")))
+        argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
+        p = Managed(f"{self.name}-record-pass", argv, d / "record-pass.log", cwd=REPO)
+        try:
+            wait_port(port, p)
+            paths = [("/small", SMALL_BYTES)] + ([("/big", BIG_BYTES)] if env.store_bulk else [])
+            for path, size in paths:
+                url = f"http://{FWD_ORIGIN}:{be.http}{path}"
+                t0 = time.monotonic()
+                out = subprocess.run(
+                    ["curl", "-s", "-o", "/dev/null", "--max-time", "300", "-x",
+                     f"http://127.0.0.1:{port}", "-w", "%{http_code} %{size_download}", url],
+                    capture_output=True, text=True, timeout=320, check=False,
+                )  # fmt: skip
+                if out.stdout.split() != ["200", str(size)]:
+                    raise StartError(f"recording pass {path}: curl {out.stdout!r} {out.stderr}")
+                secs = time.monotonic() - t0
+                if path == "/big":
+                    self.notes.append(f"recording pass: /big (1 GiB) recorded once in {secs:.1f} s")
+        finally:
+            p.stop()
+        if not env.store_bulk:
+            self.notes.append("recording pass: /small only (not enough free disk for /big)")
 
 
 class Tinyproxy(Target):
@@ -859,7 +967,7 @@ def all_targets() -> list[Target]:
     return [
         Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
         SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(), SpliceShed(),
-        SpliceForward(), Tinyproxy(),
+        SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(),
     ]  # fmt: skip
 
 
