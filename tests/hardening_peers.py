@@ -258,6 +258,18 @@ class Splice:
                     return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
+    def baseline_sockets(self, timeout: float = 5.0) -> int:
+        """The socket fd count once it has held still for 0.5 s: a client that just
+        closed may not have been reaped yet, and counting it would hide a later leak."""
+        deadline = time.monotonic() + timeout
+        last, since = self.sockets(), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < 0.5:
+            time.sleep(0.05)
+            now = self.sockets()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
     def settled_sockets(self, target: int, timeout: float = 5.0) -> int:
         """The socket fd count once it is ``target`` or has stopped changing for 1 s."""
         deadline = time.monotonic() + timeout

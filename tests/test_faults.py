@@ -54,7 +54,7 @@ def test_a_vm_killed_mid_response_ends_the_clients_stream_short_without_a_hang(
 ) -> None:
     vm = fleet.keep(KillableVM())
     s = fleet.start(config({"vm": {"address": vm.host, "default_port": vm.port}}))
-    base = s.sockets()
+    base = s.baseline_sockets()
     with s.client() as c:
         c.send(get(f"vm.{DOMAIN}", "/big"))
         status, _, headers = c.read_head()
@@ -80,7 +80,7 @@ def test_a_vm_killed_mid_response_ends_the_clients_stream_short_without_a_hang(
 def test_a_client_reset_mid_upload_closes_the_vms_connection_promptly(fleet: Fleet) -> None:
     bulk = fleet.keep(BulkServer("bulk"))
     s = fleet.start(config({"bulk": shed_at(bulk)}))
-    base = s.sockets()
+    base = s.baseline_sockets()
     head = f"POST /upload HTTP/1.1\r\nHost: bulk.{DOMAIN}\r\nContent-Length: {64 << 20}\r\n\r\n"
     c = s.client()
     try:
@@ -102,7 +102,7 @@ def test_a_client_reset_mid_upload_closes_the_vms_connection_promptly(fleet: Fle
 def test_a_client_reset_mid_download_closes_the_vms_connection_promptly(fleet: Fleet) -> None:
     stream = fleet.keep(StreamServer("stream"))
     s = fleet.start(config({"stream": shed_at(stream)}))
-    base = s.sockets()
+    base = s.baseline_sockets()
     c = s.client()
     try:
         c.send(get(f"stream.{DOMAIN}", f"/stream/{1 << 30}"))
@@ -140,7 +140,7 @@ def test_a_vm_that_resets_during_an_upload_ends_the_clients_connection_promptly(
 ) -> None:
     vm = fleet.keep(_ResettingVM("resetter"))
     s = fleet.start(config({"vm": shed_at(vm)}))
-    base = s.sockets()
+    base = s.baseline_sockets()
     body = random_body(9, 32 << 20)
     with s.client(timeout=10.0) as c:
         c.send(
@@ -262,7 +262,7 @@ def test_the_socket_count_returns_to_its_start_after_faults_of_every_kind(fleet:
             head_timeout=1.0,
         )
     )
-    base = s.sockets()
+    base = s.baseline_sockets()
     for i in range(60):
         c = s.client()
         try:

@@ -200,7 +200,7 @@ def test_a_thousand_hostile_heads_and_hellos_leave_splice_serving_and_leak_nothi
     with s.client() as c:
         c.send(get(ALPHA))
         assert c.read_response().status == 200
-    base = s.sockets()
+    base = s.baseline_sockets()
     rng = random.Random(SEED)
     hellos = _hellos()
     cases = []
@@ -242,7 +242,7 @@ def test_slowloris_connections_get_408_while_normal_clients_are_still_served(
 ) -> None:
     alpha = fleet.keep(EchoApp("alpha"))
     s = fleet.start(config({"alpha": shed_at(alpha)}, head_timeout=HEAD_TIMEOUT))
-    base = s.sockets()
+    base = s.baseline_sockets()
     prefix = f"GET / HTTP/1.1\r\nHost: {ALPHA}\r\nX-Slow: ".encode()
     normal: Counter[str] = Counter()
     stop = threading.Event()
