@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import select
+import _socket
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -134,7 +135,8 @@ class Listener:
                 os.close(cfd)  # denied: closed before a byte is read, no banner
                 ctx.stats["denied"] += 1
                 continue
-            client = socket.socket(family, stream, 0, cfd)
+            # the C socket type: the Python wrapper's __init__ and close add frames, no use
+            client = _socket.socket(family, stream, 0, cfd)
             client.setblocking(False)
             try:
                 factory(ctx, client, addr[:2], self.config)

@@ -8,9 +8,11 @@ socket is created non-blocking and reports completion as writability.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 import struct
+from typing import cast
 
 from splice.errors import BackendError
 
@@ -25,7 +27,7 @@ def open_connection(address: str, port: int) -> socket.socket:
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        sock = socket.socket(family, _FLAGS)
+        sock = cast(socket.socket, _socket.socket(family, _FLAGS))  # no Python wrapper frames
     except OSError as e:
         raise BackendError(f"cannot open a socket: {e.strerror}", code="CONNECT_FAILED") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
