@@ -10,13 +10,13 @@ itself when fds free up.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
 import os
 import resource
 import select
-import _socket
 import socket
 from collections import Counter
 from collections.abc import Callable
