@@ -1,8 +1,7 @@
 """Micro-benchmarks of the pure per-connection parsers (pytest-benchmark).
 
 These run once per connection (or request) on splice's hot path, so their cost is a
-floor under newconn's CPU µs/request. A benchmark skips only when its module does
-not exist yet; a module that exists but fails to import is a failure, not a skip.
+floor under newconn's CPU µs/request.
 
     python -m pytest bench/test_micro.py --benchmark-only -p no:cacheprovider
 """
@@ -10,7 +9,6 @@ not exist yet; a module that exists but fails to import is a failure, not a skip
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import ssl
 import struct
 from collections.abc import Callable
@@ -54,13 +52,6 @@ PROXY_V2 = (
 
 
 def _module(name: str) -> ModuleType:
-    """Import ``name``; skip only if it does not exist (yet)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except ModuleNotFoundError:  # a parent package is missing
-        spec = None
-    if spec is None:
-        pytest.skip(f"{name} is not written yet")
     return importlib.import_module(name)
 
 

@@ -9,6 +9,7 @@ command -v caddy    >/dev/null || need+=(caddy)
 command -v nginx    >/dev/null || need+=(nginx-light)
 command -v ip       >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ "${#need[@]}" -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${need[*]} (run: sudo apt-get install -y ${need[*]})" >&2

@@ -124,8 +124,7 @@ def test_a_listeners_allow_clients_overrides_the_top_level_list(fleet: Fleet) ->
 
 
 def test_allow_clients_applies_to_an_ipv6_listener_on_loopback(fleet: Fleet) -> None:
-    if not _has_ipv6_loopback():  # pragma: no cover - CI has ::1
-        pytest.skip("::1 is not available on this machine")
+    assert _has_ipv6_loopback(), "these IPv6 checks need ::1 on the loopback interface"
     alpha = fleet.keep(EchoApp("alpha"))
     s = fleet.start(
         config(
@@ -355,8 +354,7 @@ def test_forwarded_headers_false_leaves_the_head_and_body_byte_for_byte(fleet: F
 
 
 def test_the_client_address_in_forwarded_is_that_of_an_ipv6_client(fleet: Fleet) -> None:
-    if not _has_ipv6_loopback():  # pragma: no cover - CI has ::1
-        pytest.skip("::1 is not available on this machine")
+    assert _has_ipv6_loopback(), "these IPv6 checks need ::1 on the loopback interface"
     alpha = fleet.keep(EchoApp("alpha"))
     s = fleet.start(
         config({"alpha": shed_at(alpha)}, listen=[{"address": "[::1]:0"}], forwarded=True)
