@@ -36,6 +36,11 @@ PIPE_POOL = 256
 #: a keep-alive or spliced connection with no byte either way this long is closed;
 #: long enough for any human pause, short enough that abandoned tabs don't pile up
 IDLE_TIMEOUT = 600.0
+#: idle keep-alive connections kept per shed port for requests whose client closes
+UPSTREAM_KEEPALIVE = 32
+#: an idle upstream connection older than this is closed: under the 5 s keep-alive
+#: timeout of Node.js and uvicorn, so a reuse rarely races the VM's own close
+UPSTREAM_KEEPALIVE_TIMEOUT = 3.0
 #: seconds in-flight connections get to finish at SIGTERM
 DRAIN_TIMEOUT = 10.0
 
@@ -120,6 +125,10 @@ class Config:
     #: false: route only a connection's first request and splice the rest blind
     #: (the v0.1 behaviour, kept for benchmarks; unsafe behind a front that pools)
     route_each_request: bool = True
+    #: idle upstream connections kept per (shed, port) for the next ``Connection: close``
+    #: request; 0 turns upstream keep-alive off
+    upstream_keepalive: int = UPSTREAM_KEEPALIVE
+    upstream_keepalive_timeout: float = UPSTREAM_KEEPALIVE_TIMEOUT
     #: the egress gateway's destination policy; present when ``[forward]`` is given or
     #: an egress listener exists (then with the defaults: any public host, ports 80/443)
     forward: ForwardPolicy | None = None
@@ -145,7 +154,8 @@ _TOP_KEYS = {
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
     "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",
     "drain_timeout", "allow_clients", "forwarded_headers", "forwarded", "trusted_fronts",
-    "route_each_request", "forward", *OPS_KEYS,
+    "route_each_request", "upstream_keepalive", "upstream_keepalive_timeout", "forward",
+    *OPS_KEYS,
 }  # fmt: skip
 
 
@@ -204,6 +214,13 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarded=_bool("forwarded", data.get("forwarded", False)),
         trusted_fronts=_cidrs("trusted_fronts", data),
         route_each_request=_bool("route_each_request", data.get("route_each_request", True)),
+        upstream_keepalive=_int(
+            "upstream_keepalive", data.get("upstream_keepalive", UPSTREAM_KEEPALIVE), 0, 65536
+        ),
+        upstream_keepalive_timeout=_seconds(
+            "upstream_keepalive_timeout",
+            data.get("upstream_keepalive_timeout", UPSTREAM_KEEPALIVE_TIMEOUT),
+        ),
         **_forward(data, listen),
         **parse_ops(data),
     )

@@ -19,6 +19,7 @@ from splice.config import Config
 from splice.io.deadlines import Deadlines
 from splice.io.pipes import PipePool
 from splice.io.reactor import Reactor
+from splice.io.upstream_pool import UpstreamPool
 from splice.metrics import Metrics
 from splice.resolve.chain import ResolverChain
 from splice.resolve.dns import DnsCache
@@ -48,6 +49,10 @@ class Context:
         self.loop = loop
         self.reactor = Reactor(loop)
         self.pool = PipePool(cfg.pipe_pool)
+        #: idle keep-alive connections to VMs, for requests whose client closes
+        self.upstreams = UpstreamPool(
+            self.reactor, cfg.upstream_keepalive, cfg.upstream_keepalive_timeout
+        )
         self.access = access
         self.conns: set[Any] = set()
         self.metrics = Metrics()
@@ -81,6 +86,8 @@ class Context:
         self.head_deadlines.set_timeout(cfg.head_timeout)
         self.connect_deadlines.set_timeout(cfg.connect_timeout)
         self.retire_deadlines.set_timeout(cfg.retire_timeout)
+        self.upstreams.per_key = cfg.upstream_keepalive
+        self.upstreams.idle_timeout = cfg.upstream_keepalive_timeout
 
     def policy(self, shed: str) -> ShedPolicy:
         policy = self.cfg.policy(shed)
@@ -131,6 +138,7 @@ class Context:
 
     def sweep_idle(self, now: float) -> None:
         """Close connections that moved no byte for their idle timeout."""
+        self.upstreams.sweep(now)
         for conn in list(self.conns):
             timeout = conn.idle_timeout()
             if not timeout or conn.closed:

@@ -82,6 +82,7 @@ class SnapshotCollector(Collector):
         yield from _bytes(self.snap)
         yield from _histograms(self.snap)
         yield from _resolver(self.snap.get("resolver", {}))
+        yield from _upstream_pool(self.snap.get("upstream_pool", {}))
         yield from _supervisor(self.snap.get("supervisor"))
         info = GaugeMetricFamily("splice_build_info", "splice version.", labels=["version"])
         info.add_metric([__version__], 1)
@@ -161,6 +162,18 @@ def _resolver(r: Mapping[str, int]) -> Iterator[Metric]:
         ("stale", "Shed lookups answered with a stale address while shed-server failed."),
     ):
         yield CounterMetricFamily(f"splice_resolver_cache_{key}", doc, r.get(key, 0))
+
+
+def _upstream_pool(p: Mapping[str, int]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "splice_upstream_idle", "Idle keep-alive connections to VMs in the pool.", p.get("idle", 0)
+    )
+    for key, doc in (
+        ("reused", "Requests that closed their connection and went on a pooled VM connection."),
+        ("evicted", "Pooled VM connections closed because the VM closed or sent unasked bytes."),
+        ("stale", "Reused VM connections found closed before answering (request sent again)."),
+    ):
+        yield CounterMetricFamily(f"splice_upstream_{key}", doc, p.get(key, 0))
 
 
 def _supervisor(sup: Mapping[str, Any] | None) -> Iterator[Metric]:

@@ -62,6 +62,8 @@ class _Verify(Exception):
 
 
 class ForwardConn(HttpConn):
+    #: origins are not pooled: each request is checked against the policy and dialled
+    POOL_UPSTREAMS = False
     __slots__ = ("original", "tunnel")
 
     def __init__(

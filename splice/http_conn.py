@@ -12,6 +12,16 @@ client that pipelines across sheds; it only waits.
 After an Upgrade request the client is not read until the VM answers: ``101``
 turns both directions into a blind splice for good; anything else and request
 parsing goes on. An error answers the request that caused it and closes.
+
+A request that ends its connection (``Connection: close``: a client that makes
+one connection per request) goes to an idle keep-alive upstream from the pool when
+one is there (conn-cost rule 10: connect, accept and close are most of a new
+connection's cost). Its ``close`` is taken off, and the VM -> client direction
+then follows the response's framing so that the upstream can be parked again the
+moment the response ends; the client gets ``Connection: close`` and a FIN. A
+response whose end is not known from its head is relayed blind, as always, and its
+connection is not kept. If a reused connection turns out closed before a byte of
+answer came, a body-less request is sent once more on a fresh connection.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from splice.routing.route import split_absolute_form, split_port_prefix
 from splice.wire.chunked import ChunkedFraming, State
 from splice.wire.forwarded import rewrite_forwarded
 from splice.wire.http_head import Head, parse_head
+from splice.wire.http_response import Body, parse_response_head, without_connection_fields
 
 if TYPE_CHECKING:
     from splice.config import ListenConfig
@@ -38,8 +49,10 @@ if TYPE_CHECKING:
 
 #: seconds a client should wait before retrying, by error code
 _RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
-# what the client side is doing
-READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING = range(7)
+# what the client side is doing (RESPONSE: the connection's last request is sent)
+READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING, RESPONSE = range(8)
+# what the VM -> client direction of a keep-alive exchange is reading
+R_HEAD, R_LENGTH, R_CHUNKED = range(3)
 #: bytes read per recv while collecting a head
 _READ = 64 * 1024
 #: client bytes discarded while lingering after an error page, before we give up
@@ -52,17 +65,28 @@ class HttpConn(Relay):
         "cdrained",
         "chunk",
         "front",
+        "got_answer",
         "head",
+        "head_request",
         "inbuf",
         "lingered",
         "next",
         "pending_error",
+        "rbuf",
+        "rchunk",
+        "replay",
         "req_host",
         "retiring",
+        "reusable",
+        "rleft",
         "route_host",
+        "rphase",
         "served",
         "state",
     )
+
+    #: requests that close their connection may use pooled keep-alive upstreams
+    POOL_UPSTREAMS = True
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -88,6 +112,19 @@ class HttpConn(Relay):
         self.req_host = b""
         #: None until the first request asks: may this peer set X-Forwarded-*?
         self.front: bool | None = None
+        #: a keep-alive exchange's response reader: phase (None: blind), unread
+        #: VM bytes, body bytes left, chunk framing
+        self.rphase: int | None = None
+        self.rbuf = bytearray()
+        self.rleft = 0
+        self.rchunk: ChunkedFraming | None = None
+        self.head_request = False
+        #: the response said the VM keeps the connection
+        self.reusable = False
+        #: a byte of answer has come on this upstream
+        self.got_answer = False
+        #: what to send again on a fresh connection if a reused one is found closed
+        self.replay: tuple[tuple[bytes, Key, Endpoint], Head] | None = None
         self.start()
 
     # -- the client -> VM direction ---------------------------------------------
@@ -96,6 +133,9 @@ class HttpConn(Relay):
         self.cdrained = False
         if self.state == CLOSING:
             self._linger_read()
+            return
+        if self.state == RESPONSE:
+            self._read_after_close()
             return
         while not self.closed:
             st = self.state
@@ -221,6 +261,12 @@ class HttpConn(Relay):
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
         self.head = None  # an error on the next head must not borrow this one's details
+        if self.rphase is not None:
+            # after a request that closes the connection nothing more is a request
+            # (RFC 9112 §9.6): the client is not read until its response is done
+            self.state = RESPONSE
+            self.inbuf.clear()
+            return
         if not self.ctx.cfg.route_each_request and self.state == READ_HEAD:
             self.state = TUNNEL
         if self.ctx.draining:
@@ -329,7 +375,42 @@ class HttpConn(Relay):
 
     def _open_next(self) -> None:
         assert self.next is not None
-        self.open_upstream(self.next[1])
+        raw, key, ep = self.next
+        head = self.head
+        if head is None or not self._keepalive_ok(head, key):
+            self.open_upstream(key)
+            return
+        self.next = (without_connection_fields(raw), key, ep)
+        self.rphase, self.head_request = R_HEAD, head.method == b"HEAD"
+        self.key = key
+        self._count(key[0], key[1])
+        sock = self.ctx.upstreams.take(key)
+        if sock is None:
+            self.dial_key(key)
+            return
+        self.adopt(key, sock)
+        if not head.chunked and not head.content_length:
+            self.replay = (self.next, head)
+        self._start_exchange()
+
+    def _keepalive_ok(self, head: Head, key: Key) -> bool:
+        """May this request use (and leave) a pooled keep-alive upstream?
+
+        Only a request that closes its connection, so the client -> VM direction has
+        nothing after it; never one that carries a PROXY header (it names one client).
+        """
+        ctx = self.ctx
+        if not (
+            head.close
+            and head.version == b"1.1"
+            and not head.upgrade
+            and self.POOL_UPSTREAMS
+            and ctx.upstreams.enabled
+            and ctx.cfg.route_each_request
+        ):
+            return False
+        sc = ctx.cfg.sheds.get(key[0])
+        return not ((sc is not None and sc.send_proxy) or self.lc.send_proxy)
 
     def upstream_ready(self) -> None:
         preamble = self.proxy_preamble(None)
@@ -344,7 +425,8 @@ class HttpConn(Relay):
         self.next = None
         self._remember_route(raw)
         self._forward_head(raw)
-        self.client_readable()
+        if self.state != RESPONSE:
+            self.client_readable()
 
     def _forward_head(self, raw: bytes) -> None:
         head, flow = self.head, self.up_flow
@@ -424,6 +506,9 @@ class HttpConn(Relay):
         if self.dial_t and self.handshake is None:
             self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
             self.dial_t = 0.0
+        if self.rphase is not None and self.handshake is None:
+            self._pump_response()
+            return
         waiting = self.state == WAIT_UPGRADE and self.handshake is None and not self.retiring
         if waiting and not self._peek_upgrade():
             return
@@ -442,6 +527,184 @@ class HttpConn(Relay):
         self.state = TUNNEL if switched else READ_HEAD
         self.ctx.loop.call_soon(self._resume)
         return True
+
+    # -- a keep-alive exchange: the response's end, then the upstream is parked ---
+
+    def _pump_response(self) -> None:
+        """VM -> client following the response framing, until the response ends."""
+        down = self.down
+        assert down is not None
+        while self.rphase is not None and self.up is not None and not down.blocked:
+            ph = self.rphase
+            if ph == R_HEAD:
+                if self.rbuf:
+                    if self._take_head():
+                        continue
+                    if self.rphase != R_HEAD or self.up is None:
+                        return  # the response ended, or is now relayed blind
+            elif ph == R_LENGTH:
+                down.budget = self.rleft
+                r = down.pump(self.ushort)
+                self.rleft, down.budget = down.budget, -1
+                if r == DONE:
+                    self._response_done()
+                elif r == EOF:
+                    self._response_cut()
+                return
+            else:
+                c = self.rchunk
+                assert c is not None
+                if self.rbuf:
+                    try:
+                        n = c.scan(self.rbuf)
+                    except ProtocolError:
+                        self._go_blind()  # the VM's framing is its own business
+                        return
+                    if n:
+                        down.write(bytes(self.rbuf[:n]))
+                        del self.rbuf[:n]
+                    if c.state is State.DONE:
+                        self._response_done()
+                        return
+                if not self.rbuf and c.state is State.DATA and c.remaining:
+                    down.budget = before = c.remaining
+                    r = down.pump()
+                    c.data_passed(before - down.budget)
+                    down.budget = -1
+                    if r == EOF:
+                        self._response_cut()
+                    if r != DONE:
+                        return
+                    continue
+            if not self._read_answer():
+                return
+
+    def _read_answer(self) -> bool:
+        """More VM bytes into ``rbuf``; False when there are none for now."""
+        assert self.up is not None
+        try:
+            data = self.up.recv(_READ)
+        except BlockingIOError:
+            return False
+        except ConnectionError:
+            if self.got_answer or self.replay is None:
+                raise
+            self._redial()
+            return False
+        if not data:
+            if not self.got_answer and self.replay is not None:
+                self._redial()
+            else:
+                self._go_blind()
+            return False
+        self.got_answer = True
+        self.rbuf += data
+        return True
+
+    def _take_head(self) -> bool:
+        """Forward a response head from ``rbuf``; False when it is not all there yet."""
+        down = self.down
+        assert down is not None
+        try:
+            rh = parse_response_head(self.rbuf, head_request=self.head_request)
+        except ProtocolError:
+            self._go_blind()
+            return False
+        if rh is None:
+            return False
+        del self.rbuf[: rh.size]
+        down.write(rh.raw)
+        if rh.interim:
+            return True  # 100 Continue, 103 Early Hints: the response follows
+        self.reusable = rh.keep_alive
+        if rh.body is Body.NONE:
+            self._response_done()
+        elif rh.body is Body.LENGTH:
+            k = min(rh.length, len(self.rbuf))
+            if k:
+                down.write(bytes(self.rbuf[:k]))
+                del self.rbuf[:k]
+            self.rleft = rh.length - k
+            if self.rleft:
+                self.rphase = R_LENGTH
+                return True
+            self._response_done()
+        elif rh.body is Body.CHUNKED:
+            self.rchunk = ChunkedFraming()
+            self.rphase = R_CHUNKED
+            return True
+        else:
+            if rh.status == 101:  # never asked for, but a tunnel is what it is
+                self.state = TUNNEL
+                self.ctx.loop.call_soon(self._resume)
+            self._go_blind()
+        return False
+
+    def _go_blind(self) -> None:
+        """Relay the rest as it comes, to the VM's close; the upstream is not kept."""
+        self.rphase = None
+        self.reusable = False
+        if self.rbuf:
+            assert self.down is not None
+            self.down.write(bytes(self.rbuf))
+            self.rbuf.clear()
+        Relay.upstream_readable(self)
+
+    def _response_cut(self) -> None:
+        """The VM closed in the middle of the body: the client sees it end the same way."""
+        self.rphase = None
+        self.reusable = False
+        self.on_upstream_eof()
+
+    def _response_done(self) -> None:
+        """The response has ended: park the upstream if it is clean, then close the client."""
+        self.rphase = None
+        flow = self.up_flow
+        clean = (
+            self.reusable
+            and not self.rbuf
+            and self.state == RESPONSE
+            and not self.client_done
+            and flow is not None
+            and flow.idle
+            and not flow.shut
+        )
+        self.rbuf.clear()  # bytes after the response were asked for by nobody
+        if clean:
+            self.park_upstream()
+        else:
+            self.drop_upstream()
+        self.state = CLOSING
+        down = self.down
+        assert down is not None
+        down.finish()
+        if not down.blocked:
+            self._start_linger()
+
+    def _redial(self) -> None:
+        """A reused upstream was closed by the VM before it answered: send on a fresh one."""
+        assert self.replay is not None
+        self.next, self.head = self.replay
+        self.replay = None
+        self.rbuf.clear()
+        self.ctx.upstreams.stale += 1
+        self.drop_upstream()
+        self.up_done = False
+        self.rphase = R_HEAD
+        self.state = ROUTING
+        self.open_upstream(self.next[1])
+
+    def _read_after_close(self) -> None:
+        """The client after its last request: a FIN is passed on; bytes are dropped."""
+        while True:
+            try:
+                data = self.client.recv(_READ)
+            except BlockingIOError:
+                return
+            if not data:
+                self.reusable = False
+                self.on_client_eof()
+                return
 
     def _resume(self) -> None:
         if not self.closed:

@@ -246,13 +246,28 @@ class Relay:
         self.connecting = False
         self.ctx.metrics.dial.observe(time.perf_counter() - self.dial_t)
         self.dial_t = 0.0
+        self._flows(self.up)
+        self.after_connect()
+
+    def _flows(self, up: socket.socket) -> None:
         pool = self.ctx.pool
-        self.up_flow = Flow(self.client, self.up, pool)
+        self.up_flow = Flow(self.client, up, pool)
         if self.down is not None:
             self.ndown += self.down.nbytes
             self.down.close()
-        self.down = Flow(self.up, self.client, pool)
-        self.after_connect()
+        self.down = Flow(up, self.client, pool)
+
+    def adopt(self, key: Key, sock: socket.socket) -> None:
+        """Take over an idle keep-alive connection to ``key`` (already counted)."""
+        self.key = key
+        self.up = sock
+        self.ufd = sock.fileno()
+        host, port = self.ctx.shed_server if key[3] == "connect" else (key[2], key[1])
+        self.dst = f"{host}:{port}"
+        self.connecting = False
+        self.up_done = False
+        self.ctx.reactor.handlers[self.ufd] = self
+        self._flows(sock)
 
     def on_connect_timeout(self) -> None:
         self.fail(
@@ -295,9 +310,12 @@ class Relay:
 
     def open_upstream(self, key: Key) -> None:
         """Dial ``key``'s VM directly, or through the shed-server's Connect API."""
-        shed, port, address, mode = key
         self.key = key
-        self._count(shed, port)
+        self._count(key[0], key[1])
+        self.dial_key(key)
+
+    def dial_key(self, key: Key) -> None:
+        shed, port, address, mode = key
         if mode == "connect":
             self.dial(*self.ctx.shed_server)
             self.handshake = bytearray()
@@ -453,6 +471,22 @@ class Relay:
         self.ufd = -1
         self.connecting = False
         self.handshake = None
+
+    def park_upstream(self) -> None:
+        """Give the upstream, clean after a complete exchange, to the pool (or close it)."""
+        up, key = self.up, self.key
+        assert up is not None and key is not None and self.up_flow is not None
+        if not self.ctx.upstreams.park(key, up, self.ctx.loop.time()):
+            self.drop_upstream()
+            return
+        if self.counted is not None:
+            self.ctx.shed_active[self.counted] -= 1
+            self.counted = None
+        self.nup += self.up_flow.nbytes
+        self.up_flow.close()
+        self.up_flow = None
+        self.up = None
+        self.ufd = -1
 
     # -- ends -----------------------------------------------------------------
 

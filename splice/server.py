@@ -228,7 +228,9 @@ class Server:
         assert ctx is not None
         c, r = ctx.chain, self._resolved
         res = {"hits": c.hits, "misses": c.misses, "stale": c.stale}
-        return ctx.metrics.snapshot(len(ctx.conns), {k: v + r[k] for k, v in res.items()})
+        snap = ctx.metrics.snapshot(len(ctx.conns), {k: v + r[k] for k, v in res.items()})
+        snap["upstream_pool"] = ctx.upstreams.stats()
+        return snap
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -290,6 +292,7 @@ class Server:
         if ctx is None:
             return
         ctx.draining = True
+        ctx.upstreams.close()
         for conn in list(ctx.conns):
             conn.drain()
         deadline = ctx.loop.time() + drain

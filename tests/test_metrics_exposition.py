@@ -70,7 +70,9 @@ def test_render_is_valid_prometheus_text_with_the_documented_families() -> None:
     m = sample_metrics(["alpha"])
     m.closed("alpha", "RESET", 1, 0)
     m.closed("", "UNKNOWN_HOST", 0, 900)
-    text = render(m.snapshot(2, {"hits": 4, "misses": 3, "stale": 1})).decode()
+    snap = m.snapshot(2, {"hits": 4, "misses": 3, "stale": 1})
+    snap["upstream_pool"] = {"idle": 2, "reused": 5, "evicted": 1, "stale": 0}
+    text = render(snap).decode()
     fam = families(text)
     kinds = {name: f.type for name, f in fam.items()}
     assert kinds == {
@@ -81,6 +83,8 @@ def test_render_is_valid_prometheus_text_with_the_documented_families() -> None:
         "splice_dial_seconds": "histogram", "splice_first_upstream_byte_seconds": "histogram",
         "splice_head_parse_seconds": "histogram", "splice_resolver_cache_hits": "counter",
         "splice_resolver_cache_misses": "counter", "splice_resolver_cache_stale": "counter",
+        "splice_upstream_idle": "gauge", "splice_upstream_reused": "counter",
+        "splice_upstream_evicted": "counter", "splice_upstream_stale": "counter",
         "splice_build_info": "gauge",
     }  # fmt: skip
     got = parse_metrics(text)
@@ -91,6 +95,8 @@ def test_render_is_valid_prometheus_text_with_the_documented_families() -> None:
     assert errors == {"UNKNOWN_HOST": 1}
     assert value(got, "splice_bytes_total", direction="down") == 1000
     assert value(got, "splice_resolver_cache_stale_total") == 1
+    assert value(got, "splice_upstream_idle") == 2
+    assert value(got, "splice_upstream_reused_total") == 5
     buckets = [s for s in fam["splice_dial_seconds"].samples if s.name.endswith("_bucket")]
     assert [s.labels["le"] for s in buckets] == [*map(repr, BUCKETS), "+Inf"]
     assert [s.value for s in buckets] == sorted(s.value for s in buckets)  # cumulative

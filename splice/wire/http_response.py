@@ -1,0 +1,113 @@
+"""HTTP/1.1 response head -> where its body ends, for reusing an upstream connection.
+
+splice keeps a VM connection for the next client only when it knows, from the
+response head alone, exactly where the response ends (RFC 9112 §6.3): no body
+(a HEAD request, 1xx, 204, 304), a single Content-Length, or ``chunked``. Anything
+else (a body that runs to close, an HTTP/1.0 or ``Connection: close`` response, a
+head this strict scanner does not take whole) is relayed exactly as before and the
+connection is closed afterwards: reuse is an optimisation, never a guess.
+
+The two Connection-field rewrites live here too: the request loses its
+``Connection`` fields (the client's ``close`` is for splice, not for the VM), and
+the final response gains ``Connection: close`` (splice closes the client after it).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from typing import NamedTuple
+
+from splice.errors import ProtocolError
+from splice.wire.http_head import MAX_CL_DIGITS, MAX_HEAD
+
+# status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4);
+# a missing SP before an empty reason is common and harmless
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FRAMING_FIELDS = re.compile(
+    rb"^(content-length|transfer-encoding|connection):[ \t]*([^\r]*?)[ \t]*\r$", re.M
+)
+_DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
+#: every Connection field line, with the CRLF before it (never the status line)
+_CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.I)
+_CLOSE = b"Connection: close\r\n\r\n"
+
+
+class Body(IntEnum):
+    NONE = 0
+    LENGTH = 1
+    CHUNKED = 2
+    #: ends when the VM closes: the connection cannot be reused
+    UNTIL_CLOSE = 3
+
+
+class ResponseHead(NamedTuple):
+    status: int
+    body: Body
+    #: Content-Length when ``body`` is LENGTH, else 0
+    length: int
+    #: the VM keeps the connection open after this response
+    keep_alive: bool
+    #: a 1xx other than 101: forwarded as is, the real response follows
+    interim: bool
+    #: the head as the client gets it
+    raw: bytes
+    #: bytes of the input the head took
+    size: int
+
+
+def parse_response_head(
+    buf: bytes | bytearray, *, head_request: bool, max_head: int = MAX_HEAD
+) -> ResponseHead | None:
+    """Parse one response head from the start of ``buf``; None until it is complete.
+
+    Raises:
+        ProtocolError: the head is not one this scanner takes whole (bare LF, a
+            malformed or oversized head, conflicting framing fields). The caller
+            then relays the bytes untouched and does not reuse the connection.
+    """
+    end = buf.find(b"\r\n\r\n", 0, max_head)
+    if end < 0:
+        if len(buf) >= max_head or buf.find(b"\n\n", 0, max_head) >= 0:
+            raise ProtocolError("response head not taken by the strict scanner")
+        return None
+    head = bytes(buf[: end + 4])
+    line_end = head.find(b"\r\n")
+    m = _STATUS_LINE.fullmatch(head, 0, line_end)
+    if m is None or _FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
+        raise ProtocolError("malformed response head")
+    minor, status = m.group(1), int(m.group(2))
+    if 100 <= status < 200 and status != 101:
+        return ResponseHead(status, Body.NONE, 0, True, True, head, end + 4)
+    keep_alive = minor == b"1"
+    length: int | None = None
+    chunked = False
+    for name, value in _FRAMING_FIELDS.findall(head[line_end : end + 2].lower()):
+        if name == b"connection":
+            keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
+        elif name == b"transfer-encoding":
+            if chunked or value != b"chunked":
+                raise ProtocolError("only a single 'Transfer-Encoding: chunked' is framed")
+            chunked = True
+        else:
+            if length is not None or _DIGITS.fullmatch(value) is None:
+                raise ProtocolError("Content-Length must be one decimal number")
+            length = int(value)
+    if chunked and length is not None:
+        raise ProtocolError("both Content-Length and Transfer-Encoding")
+    raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE
+    if status == 101:
+        return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, head, end + 4)
+    if head_request or status in (204, 304):
+        return ResponseHead(status, Body.NONE, 0, keep_alive, False, raw, end + 4)
+    if chunked:
+        return ResponseHead(status, Body.CHUNKED, 0, keep_alive, False, raw, end + 4)
+    if length is not None:
+        return ResponseHead(status, Body.LENGTH, length, keep_alive, False, raw, end + 4)
+    return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, raw, end + 4)
+
+
+def without_connection_fields(raw: bytes) -> bytes:
+    """A request head with its Connection fields removed (the VM keeps the connection)."""
+    return _CONNECTION_LINE.sub(b"", raw)
