@@ -613,31 +613,42 @@ class HttpConn(Relay):
         if rh is None:
             return False
         del self.rbuf[: rh.size]
-        down.write(rh.raw)
         if rh.interim:
+            down.write(rh.raw)
             return True  # 100 Continue, 103 Early Hints: the response follows
         self.reusable = rh.keep_alive
-        if rh.body is Body.NONE:
-            self._response_done()
-        elif rh.body is Body.LENGTH:
+        if rh.body is Body.LENGTH:
+            # the head and the body bytes already here go in one send: one segment
             k = min(rh.length, len(self.rbuf))
-            if k:
-                down.write(bytes(self.rbuf[:k]))
-                del self.rbuf[:k]
+            down.write(rh.raw + self.rbuf[:k])
+            del self.rbuf[:k]
             self.rleft = rh.length - k
             if self.rleft:
                 self.rphase = R_LENGTH
                 return True
             self._response_done()
-        elif rh.body is Body.CHUNKED:
+            return False
+        if rh.body is Body.CHUNKED:
             self.rchunk = ChunkedFraming()
             self.rphase = R_CHUNKED
+            try:
+                n = self.rchunk.scan(self.rbuf)
+            except ProtocolError:
+                n = 0  # the chunk loop meets it again and relays the rest blind
+            down.write(rh.raw + self.rbuf[:n])
+            del self.rbuf[:n]
+            if self.rchunk.state is State.DONE:
+                self._response_done()
+                return False
             return True
-        else:
-            if rh.status == 101:  # never asked for, but a tunnel is what it is
-                self.state = TUNNEL
-                self.ctx.loop.call_soon(self._resume)
-            self._go_blind()
+        down.write(rh.raw)
+        if rh.body is Body.NONE:
+            self._response_done()
+            return False
+        if rh.status == 101:  # never asked for, but a tunnel is what it is
+            self.state = TUNNEL
+            self.ctx.loop.call_soon(self._resume)
+        self._go_blind()
         return False
 
     def _go_blind(self) -> None:
@@ -677,9 +688,29 @@ class HttpConn(Relay):
         self.state = CLOSING
         down = self.down
         assert down is not None
-        down.finish()
-        if not down.blocked:
-            self._start_linger()
+        if down.blocked:
+            down.finish()  # the FIN follows the queued bytes; then linger as after a page
+        else:
+            self._close_after_response()
+
+    def _close_after_response(self) -> None:
+        """Close now when the client sent nothing more: the kernel sends the tail and a FIN.
+
+        Saves the shutdown, a wake-up and a read against waiting for the client's own
+        FIN. Unread client bytes would turn the close into a RST that can destroy the
+        response in flight, so then the FIN goes first and we linger.
+        """
+        try:
+            data = self.client.recv(_READ)
+        except BlockingIOError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.lingered = len(data)
+        assert self.down is not None
+        self.down.finish()
+        self._start_linger()
 
     def _redial(self) -> None:
         """A reused upstream was closed by the VM before it answered: send on a fresh one."""
