@@ -302,6 +302,8 @@ class Splice(Target):
 
     #: run a tls-passthrough listener too (the base target only: TLS is its scenario)
     with_tls = True
+    #: one process unless a variant says otherwise (splice's own default is one per core)
+    workers = 1
 
     def __init__(self, name: str = "splice", *, only: tuple[str, ...] | None = None) -> None:
         super().__init__(name, tls_how="tls-passthrough (SNI)" if self.with_tls else None)
@@ -334,6 +336,7 @@ class Splice(Target):
         return f"""domains = ["{DOMAIN}"]
 default_port = 8080
 access_log = false  # like every peer here: no per-connection log line
+workers = {self.workers}
 {self._top(env, be)}
 [[listen]]
 address = "127.0.0.1:{http}"
@@ -413,9 +416,6 @@ class SpliceWorkers(Splice):
         super().__init__(f"splice-{workers}w", only=("keepalive", "newconn"))
         self.about = "workers = 2 (supervisor + 2 SO_REUSEPORT workers)"
         self.workers = workers
-
-    def _top(self, env: Env, be: Backend) -> str:
-        return f"workers = {self.workers}\n"
 
 
 class SpliceAdmin(Splice):
@@ -561,6 +561,7 @@ class SpliceForward(Splice):
 
     def _forward_config(self, port: int, be: Backend, store: str) -> str:
         return f"""access_log = false
+workers = {self.workers}
 
 [[listen]]
 address = "127.0.0.1:{port}"

@@ -136,7 +136,9 @@ class Config:
     store: StoreSettings = field(default_factory=StoreSettings)
     #: ``[forward] trust_bundle``: CA file for verifying origins when TLS is intercepted
     trust_bundle: str | None = None
-    #: worker processes sharing each listener (SO_REUSEPORT); 1: no supervisor
+    #: worker processes sharing each listener (SO_REUSEPORT); 1: no supervisor. A
+    #: config file without the key gets one per core (``config_ops.WORKERS``); 1 here
+    #: is only the default of a Config built in code
     workers: int = 1
     #: "text" or "json", for the log and the access log
     log_format: str = "text"

@@ -2,8 +2,15 @@
 
 Kept apart from ``splice.config`` (which calls ``parse_ops``) so the routing config
 stays readable. Same rules: unknown keys are errors and every error names its key.
-``workers = "auto"`` means one per core (``os.cpu_count()``); the default is 1 (see
-the README's "Workers" section for why).
+``workers`` defaults to ``"auto"``: one per core this process may run on
+(``os.sched_getaffinity``); ``workers = 1`` runs one process and no supervisor.
+
+The connection limits (``max_connections``, ``max_connections_per_shed``, each
+``[sheds.NAME] max_connections``) are for the whole instance: with N workers, worker i
+enforces ``worker_share(L, N, i)`` of a limit L, the shares adding up to L. A worker
+never gets less than one, so a limit below N admits N in all (``max(L, N)``); 0 stays
+"no limit". ``share_limits`` applies this to a worker's ``Config`` at start and at
+every reload. The resolver cache is per worker: each one looks a name up itself.
 """
 
 from __future__ import annotations
@@ -11,13 +18,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from splice.errors import ConfigError
 
-#: one process: per-process limits (max_connections), one resolver cache, one PID
-WORKERS = 1
+if TYPE_CHECKING:
+    from splice.config import Config
+
+#: one worker per core: the connection limits are split between them (``share_limits``)
+WORKERS = "auto"
 #: a fork bomb by typo is worse than a refused config; no host has this many cores
 MAX_WORKERS = 1024
 LOG_FORMATS = ("text", "json")
@@ -47,7 +57,7 @@ def parse_ops(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _workers(v: Any) -> int:
     if v == "auto":  # the cores this process may run on (taskset, systemd CPUAffinity)
-        return len(os.sched_getaffinity(0)) or 1
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS) or 1
     if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WORKERS:
         raise ConfigError("workers", f"{v!r} must be 'auto' or an integer from 1 to {MAX_WORKERS}")
     return v
@@ -71,3 +81,31 @@ def _admin(v: Any) -> AdminConfig | None:
 
     host, port = parse_address("admin.address", v.get("address", ADMIN_ADDRESS))
     return AdminConfig(host, port)
+
+
+def worker_share(limit: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of an instance-wide ``limit`` (0: no limit) among ``workers``.
+
+    The first ``limit % workers`` workers take one more than the others, so the shares
+    add up to ``limit``; but every worker admits at least one (the sum is then
+    ``workers``).
+    """
+    if not 0 <= index < workers:
+        raise ValueError(f"worker index {index} is not in 0..{workers - 1}")
+    if not limit:
+        return 0
+    return max(1, limit // workers + (1 if index < limit % workers else 0))
+
+
+def share_limits(cfg: Config, workers: int, index: int) -> Config:
+    """``cfg`` as worker ``index`` of ``workers`` enforces it: each connection limit its share."""
+    sheds = {
+        name: replace(sc, max_connections=worker_share(sc.max_connections, workers, index))
+        for name, sc in cfg.sheds.items()
+    }
+    return replace(
+        cfg,
+        max_connections=worker_share(cfg.max_connections, workers, index),
+        max_connections_per_shed=worker_share(cfg.max_connections_per_shed, workers, index),
+        sheds=sheds,
+    )

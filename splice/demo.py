@@ -6,6 +6,7 @@ with anything already listening on 127.0.0.1:
 - alpha (127.0.0.2): an HTTP app on 8080 that names itself and echoes the request,
   and a WebSocket echo on 9000;
 - beta (127.0.0.3): the same HTTP app on 8080 and on 3000.
+splice runs in this process too, as one worker (``workers = 1``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def demo_config(port: int) -> dict[str, object]:
     return {
         "domains": [DOMAIN],
         "default_port": 8080,
+        # one in-process server, no supervisor (and no SO_REUSEPORT on its port)
+        "workers": 1,
         "listen": [{"address": f"127.0.0.1:{port}", "mode": "http"}],
         "sheds": {
             "alpha": {

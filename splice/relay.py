@@ -336,7 +336,7 @@ class Relay:
         limit = (sc.max_connections if sc is not None else 0) or ctx.cfg.max_connections_per_shed
         if limit and ctx.shed_active[shed] >= limit:
             raise BackendError(
-                f"Shed {shed!r} already has {limit} connections; try again shortly.",
+                f"Shed {shed!r} is at its connection limit; try again shortly.",
                 code="TOO_MANY_CONNECTIONS",
                 shed=shed,
                 port=port,

@@ -3,8 +3,10 @@
 SIGTERM or SIGINT: stop accepting, drain for the grace period, close the rest, exit 0;
 a second SIGINT exits 1 at once. SIGHUP (and ``POST /reload``) re-reads the config;
 a refused config leaves the running one in place. A worker takes its config from the
-supervisor over the control channel (``splice.control``), answers its calls (start,
-snapshot, routes, ready, reload) and stops when the channel closes (supervisor gone).
+supervisor over the control channel (``splice.control``), with its index and the number
+of workers, and enforces its share of every connection limit (``share_limits``, at
+start and at each reload); it answers its calls (start, snapshot, routes, ready,
+reload) and stops when the channel closes (supervisor gone).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from splice.admin import AdminServer, Backend
 from splice.config import Config, load_config, parse_config
+from splice.config_ops import share_limits
 from splice.control import Channel
 from splice.errors import ConfigError
 from splice.health import readiness
@@ -167,9 +170,22 @@ class Worker:
 
     def __init__(self) -> None:
         self.server: Server | None = None
+        #: this worker's place among the supervisor's: (index, workers), from "start"
+        self.place = (0, 1)
 
-    async def start(self, config: dict[str, Any]) -> dict[str, Any]:
-        server = Server(parse_config(config))
+    def _config(self, config: dict[str, Any]) -> Config:
+        """The config file's data as this worker runs it: its share of every limit.
+
+        ``workers`` is the running count, whatever the file says now (it takes effect
+        at the supervisor's next start).
+        """
+        index, workers = self.place
+        cfg = dataclasses.replace(parse_config(config), workers=workers)
+        return share_limits(cfg, workers, index)
+
+    async def start(self, config: dict[str, Any], index: int, workers: int) -> dict[str, Any]:
+        self.place = (index, workers)
+        server = Server(self._config(config))
         await server.start()
         self.server = server
         return {"pid": os.getpid(), "addresses": server.addresses}
@@ -190,7 +206,7 @@ class Worker:
         return {"ok": ok, "why": why}
 
     async def reload(self, config: dict[str, Any]) -> None:
-        self._live().reload(parse_config(config))
+        self._live().reload(self._config(config))
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {

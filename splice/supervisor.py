@@ -6,9 +6,11 @@ Ports are pinned first (``splice.pins``), then each worker is spawned
 restarted after a backoff (``FIRST_BACKOFF`` doubling to ``MAX_BACKOFF``, reset once a
 worker has lived ``STABLE_AFTER``). SIGTERM/SIGINT are forwarded to every worker; the
 supervisor exits 0 once all have exited. SIGHUP and ``POST /reload`` re-read the config
-here and push it to the workers. The admin listener lives here: ``/metrics`` is the sum
-of the workers' snapshots (refreshed every ``SNAPSHOT_EVERY`` s and at each scrape),
-plus the last snapshot of each worker that died, so counters never go back.
+here and push it to the workers. Each worker enforces its share of every connection
+limit (``splice.config_ops.share_limits``), so the limits hold for the whole instance.
+The admin listener lives here: ``/metrics`` is the sum of the workers' snapshots
+(refreshed every ``SNAPSHOT_EVERY`` s and at each scrape), plus the last snapshot of
+each worker that died, so counters never go back.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class Supervisor:
         if self.drain is not None:
             args += ["--drain", str(self.drain)]
         try:
-            await w.spawn(args, self.data, START_TIMEOUT)
+            await w.spawn(args, self.data, len(self.workers), START_TIMEOUT)
         except (OSError, ChannelClosed, TimeoutError) as e:
             w.started(f"worker {w.index} failed to start: {e or type(e).__name__}")
             log.error("worker %d failed to start: %s", w.index, e or type(e).__name__)

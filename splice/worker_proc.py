@@ -3,8 +3,9 @@
 ``spawn`` runs ``python -m splice [log flags] worker --control FD --index I`` in its
 own session (a terminal's Ctrl-C reaches only the supervisor, which forwards it),
 with one end of a socketpair as its control channel, then calls ``start`` with the
-config. ``reap`` waits for the process to exit, killing it past a deadline.
-``last`` is the worker's latest metrics snapshot, kept for the supervisor's sums.
+config, its index and the number of workers (for its share of the limits). ``reap``
+waits for the process to exit, killing it past a deadline. ``last`` is the worker's
+latest metrics snapshot, kept for the supervisor's sums.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class WorkerProc:
         if not self.first.done():
             self.first.set_result(error)
 
-    async def spawn(self, args: list[str], config: dict[str, Any], timeout: float) -> None:
-        """Run ``python -m splice ARGS --control FD``, then its server.
+    async def spawn(
+        self, args: list[str], config: dict[str, Any], workers: int, timeout: float
+    ) -> None:
+        """Run ``python -m splice ARGS --control FD``, then its server (one of ``workers``).
 
         Raises:
             OSError, ChannelClosed, TimeoutError: it did not start (and is being stopped).
@@ -66,7 +69,9 @@ class WorkerProc:
         self.chan = await Channel.open(parent)
         self.reader = asyncio.get_running_loop().create_task(self.chan.read_replies())
         try:
-            answer = await self.chan.call("start", timeout, config=config)
+            answer = await self.chan.call(
+                "start", timeout, config=config, index=self.index, workers=workers
+            )
         except (ChannelClosed, TimeoutError):
             self.terminate()
             raise

@@ -180,7 +180,8 @@ class Splice:
     def __init__(self, workdir: Path, sheds: dict[str, int]) -> None:
         self.port = free_port()
         self.config = workdir / "splice.toml"
-        lines = [f'domains = ["{DOMAIN}"]', "", "[[listen]]", f'address = "127.0.0.1:{self.port}"']
+        lines = ["workers = 1", f'domains = ["{DOMAIN}"]', "", "[[listen]]"]
+        lines.append(f'address = "127.0.0.1:{self.port}"')
         for name, port in sheds.items():
             lines += ["", f"[sheds.{name}]", 'address = "127.0.0.1"', f"default_port = {port}"]
         self.config.write_text("\n".join(lines) + "\n")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from upstreams import IO_TIMEOUT, ConnRecord, RawClient, Upstream, toml_text
+from upstreams import IO_TIMEOUT, ConnRecord, RawClient, Upstream, one_worker, toml_text
 
 T = TypeVar("T")
 
@@ -197,7 +197,7 @@ class Splice:
 
     def reload(self, cfg: Mapping[str, Any] | str) -> str:
         """Rewrite the config file, SIGHUP, and return the log line that answered it."""
-        self.config_path.write_text(cfg if isinstance(cfg, str) else toml_text(cfg))
+        self.config_path.write_text(one_worker(cfg) if isinstance(cfg, str) else toml_text(cfg))
         before = len(self._answers())
         os.kill(self.pid, signal.SIGHUP)
         wait_until(lambda: len(self._answers()) > before, "the reload log line", WAIT)

@@ -159,6 +159,7 @@ def start_fake(topo: Topology, *status: str) -> subprocess.Popen[bytes]:
 def start_splice(topo: Topology, tmp: Path, port: int, dial: str) -> subprocess.Popen[bytes]:
     cfg = tmp / f"splice-{port}.toml"
     cfg.write_text(
+        "workers = 1\n"
         f'domains = ["{BASE}"]\n'
         f'[[listen]]\naddress = "127.0.0.1:{port}"\n'
         f'[dial]\nmode = "{dial}"\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from upstreams import SpliceProcess
+from upstreams import SpliceProcess, one_worker
 
 from splice import __version__
 
@@ -112,6 +113,20 @@ def test_check_prints_ok_and_the_route_table(tmp_path: Path) -> None:
     assert wanted == GOOD_TABLE[1:], out.stdout
 
 
+def test_check_shows_one_worker_per_core_this_process_may_use(tmp_path: Path) -> None:
+    path = tmp_path / "splice.toml"
+    path.write_text(GOOD_CONFIG)  # no workers key: the default
+    cores = sorted(os.sched_getaffinity(0))
+    line = "workers: {}   log format: text   admin: none"
+    out = splice("check", "-c", str(path))
+    assert line.format(len(cores)) in out.stdout.splitlines(), out.stdout
+    pinned = subprocess.run(  # taskset: the affinity systemd's CPUAffinity= also sets
+        ["taskset", "-c", str(cores[0]), sys.executable, "-m", "splice", "check", "-c", str(path)],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=True,
+    )  # fmt: skip
+    assert line.format(1) in pinned.stdout.splitlines(), pinned.stdout
+
+
 @pytest.mark.parametrize(("text", "message"), BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
 def test_check_rejects_a_bad_config_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
@@ -144,7 +159,9 @@ def test_serve_on_a_port_already_in_use_exits_1_without_a_traceback(tmp_path: Pa
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         path = tmp_path / "splice.toml"
-        path.write_text(f'domains = ["x.test"]\n[[listen]]\naddress = "127.0.0.1:{port}"\n')
+        path.write_text(
+            one_worker(f'domains = ["x.test"]\n[[listen]]\naddress = "127.0.0.1:{port}"\n')
+        )
         out = splice("serve", "-c", str(path))
     assert out.returncode == 1
     assert "Address already in use" in out.stderr

@@ -55,6 +55,7 @@ def run_splice(tmp: Path, mode: str, origin_port: int) -> tuple[subprocess.Popen
     port = free_port()
     cfg = tmp / f"{mode}.toml"
     cfg.write_text(
+        "workers = 1\n"
         f'[[listen]]\naddress = "127.0.0.1:{port}"\nmode = "forward"\n'
         f'[forward]\nports = [{origin_port}]\nhosts = {{ "origin.test" = "127.0.0.1" }}\n'
         f'[forward.store]\npath = "{tmp / "store"}"\nmode = "{mode}"\n'

@@ -1,5 +1,8 @@
 """``workers = 2``: a supervisor, two workers sharing the listener (SO_REUSEPORT), summed metrics.
 
+The connection limits hold for the instance (each worker enforces its share), at start
+and after a reload; without a ``workers`` key there is one worker per core.
+
 splice runs as a subprocess; its workers are found as its child processes (/proc).
 Only those children of the process this test started are ever signalled.
 """
@@ -19,11 +22,17 @@ from typing import Any
 
 import pytest
 from ops_support import OpsSplice, alive, children, value
-from upstreams import EchoApp, RawClient, get, shed, toml_text
+from upstreams import EchoApp, RawClient, assert_shed_error, get, shed, toml_text
 
 Start = Callable[..., OpsSplice]
 #: enough connections that both workers get some (all on one: a 2**-39 chance)
 SPREAD = 40
+#: an instance-wide connection limit: 2 + 2 with two workers
+LIMIT = 4
+#: connections offered against a limit: each worker sees more than its share, but for a
+#: 2**-12 chance (that would only lower the admitted count, which is bounded from below
+#: by one worker's share: with OFFERED > 2 * share one worker always gets its share)
+OFFERED = 16
 
 
 def config(sheds: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -62,6 +71,30 @@ def fetch(port: int, host: str) -> int:
     with RawClient(port) as c:
         c.send(get(host, extra="Connection: close\r\n"))
         return c.read_response().status
+
+
+def offer(port: int, host: str, n: int) -> tuple[list[RawClient], int]:
+    """Open ``n`` connections one after another, one keep-alive GET on each.
+
+    Returns the admitted ones (200), still open and so still holding their slots, and
+    how many were refused with 503 TOO_MANY_CONNECTIONS (those are closed).
+    """
+    held: list[RawClient] = []
+    refused = 0
+    try:
+        for _ in range(n):
+            held.append(c := RawClient(port))
+            c.send(get(host))
+            resp = c.read_response()
+            if resp.status != 200:
+                held.pop().close()
+                assert_shed_error(resp, 503, "TOO_MANY_CONNECTIONS")
+                refused += 1
+    except BaseException:
+        for c in held:
+            c.close()
+        raise
+    return held, refused
 
 
 def worker_pids(s: OpsSplice) -> dict[str, int]:
@@ -190,3 +223,52 @@ def test_a_port_in_use_fails_before_any_worker_starts(tmp_path: Path, alpha: Ech
         )
     assert r.returncode == 1
     assert "Address already in use" in r.stderr and "worker" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["max_connections", "max_connections_per_shed", "sheds.alpha.max_connections"],
+)
+def test_a_connection_limit_holds_for_the_instance_not_for_each_worker(
+    start: Start, alpha: EchoApp, limit: str
+) -> None:
+    if limit.startswith("sheds."):
+        s = start(config({"alpha": shed(alpha, max_connections=LIMIT)}))
+    else:
+        s = start(config({"alpha": shed(alpha)}, **{limit: LIMIT}))
+    assert len(worker_pids(s)) == 2
+    held, refused = offer(s.port, "alpha.test", OFFERED)
+    try:
+        # each worker admits its share (2 of 4): never more than 4 in all (per worker it
+        # would be up to 8); the kernel picks the worker, so one may refuse while the
+        # other has room, but one of them always gets at least its share of 16
+        assert LIMIT // 2 <= len(held) <= LIMIT, (len(held), refused)
+        assert len(held) + refused == OFFERED
+        for c in held:  # the admitted connections keep working
+            c.send(get("alpha.test"))
+            assert c.read_response().status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_a_reload_splits_the_new_limit_between_the_workers(start: Start, alpha: EchoApp) -> None:
+    s = start(config({"alpha": shed(alpha)}, max_connections=8))
+    s.write(config({"alpha": shed(alpha)}, max_connections=2))
+    assert s.admin("/reload", "POST") == (200, "reloaded\n")  # every worker has it now
+    held, refused = offer(s.port, "alpha.test", OFFERED)
+    try:
+        # one each: 2 in all (the old shares, 4 each, or the new limit in each worker,
+        # 2 each, would admit up to 8 or 4)
+        assert 1 <= len(held) <= 2, (len(held), refused)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_without_a_workers_key_there_is_one_worker_per_core(start: Start, alpha: EchoApp) -> None:
+    cores = len(os.sched_getaffinity(0))  # 2 in CI; with one core there is no supervisor
+    s = start(config({"alpha": shed(alpha)}, workers=None))  # None: the key is left out
+    assert "workers" not in s.config_path.read_text()
+    assert len(children(s.pid)) == (cores if cores > 1 else 0)
+    assert fetch(s.port, "alpha.test") == 200

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
+from upstreams import one_worker
 
 #: the base domain every test config serves
 DOMAIN = "srv.test"
@@ -455,7 +456,7 @@ class Splice:
 
     def __init__(self, config: str, directory: Path, ports: list[int]) -> None:
         path = directory / "splice.toml"
-        path.write_text(config)
+        path.write_text(one_worker(config))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "splice", "serve", "-c", str(path), "--drain", "1"],
             stdin=subprocess.DEVNULL,

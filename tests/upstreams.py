@@ -644,9 +644,27 @@ def assert_shed_error(resp: Response, status: int, code: str) -> None:
 # -- splice as a subprocess -------------------------------------------------------------
 
 
+#: what the tests' configs say unless they choose ``workers``: splice's default is one
+#: worker per core, and the tests expect one process (one PID, one access log, limits)
+TEST_WORKERS = "workers = 1\n"
+
+
 def toml_text(cfg: Mapping[str, Any]) -> str:
-    """A config dict as TOML (inline tables throughout; enough for splice's keys)."""
+    """A config dict as TOML (inline tables throughout; enough for splice's keys).
+
+    ``workers = 1`` unless ``cfg`` gives ``workers``; ``workers=None`` leaves the key
+    out (splice's own default: one per core).
+    """
+    if "workers" not in cfg:
+        cfg = {"workers": 1, **cfg}
+    elif cfg["workers"] is None:
+        cfg = {k: v for k, v in cfg.items() if k != "workers"}
     return "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in cfg.items())
+
+
+def one_worker(text: str) -> str:
+    """Config TOML text with ``workers = 1`` first, unless it gives ``workers`` itself."""
+    return text if re.search(r"^\s*workers\s*=", text, re.MULTILINE) else TEST_WORKERS + text
 
 
 def _toml_value(v: Any) -> str:
