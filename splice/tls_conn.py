@@ -31,7 +31,7 @@ _READ = 16 * 1024
 
 
 class TlsConn(Relay):
-    __slots__ = ("hello", "inbuf")
+    __slots__ = ("hello", "inbuf", "stirred")
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -39,6 +39,8 @@ class TlsConn(Relay):
         super().__init__(ctx, client, peer, lc)
         self.inbuf = bytearray()
         self.hello: Hello | None = None
+        #: a client event came after the hello, while routing or dialling
+        self.stirred = False
         self.start()
 
     @classmethod
@@ -49,11 +51,14 @@ class TlsConn(Relay):
 
     def client_readable(self) -> None:
         if self.up_flow is not None:
-            if self.up_flow.pump() == EOF:
+            if self.up_flow.pump(self.cshort) == EOF:
                 self.on_client_eof()
             return
         if self.hello is not None:
-            return  # routing or dialling; bytes stay in the socket until then
+            # routing or dialling: bytes stay in the socket until then; upstream_ready
+            # reads them, knowing this edge came
+            self.stirred = True
+            return
         while not self.closed:
             try:
                 data = self.client.recv(_READ)
@@ -104,7 +109,8 @@ class TlsConn(Relay):
         self.up_flow.write(preamble + bytes(self.inbuf))
         self.inbuf.clear()
         self.dial_t = time.perf_counter()
-        self.client_readable()
+        if self.stirred:  # else the socket had nothing past the hello: no read to EAGAIN
+            self.client_readable()
 
     def upstream_readable(self) -> None:
         if self.dial_t and self.handshake is None:
