@@ -166,7 +166,11 @@ class Relay:
             self.guarded(lambda: self.fail(SpliceError(code="TOO_MANY_CONNECTIONS")))
         else:
             ctx.head_deadlines.add(self, ctx.loop.time())
+            # before the registration a short read proves the socket drained: bytes
+            # that come later are reported by the registration itself
+            self.cshort = True
             self.guarded(self.client_readable)
+            self.cshort = False
         if not self.closed:
             ctx.reactor.register(self.cfd, self)
 

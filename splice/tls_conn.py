@@ -69,6 +69,9 @@ class TlsConn(Relay):
                 self.close()
                 return
             self.inbuf += data
+            # bytes past the hello may wait in the socket with no edge to come:
+            # unless this read proved it drained, upstream_ready must read
+            self.stirred = not (self.cshort and len(data) < _READ)
             if self._parse():
                 return
 
