@@ -206,3 +206,16 @@ def test_resolver_counters_survive_a_reload(
         assert value(got, "splice_resolver_cache_hits_total") == 2
     finally:
         fake.close()
+
+
+def test_the_upstream_pool_is_counted(
+    running: Callable[..., OpsSplice], make_app: Callable[..., EchoApp]
+) -> None:
+    alpha = make_app("alpha")
+    s = running({"alpha": shed(alpha)})
+    for _ in range(4):  # one connection per request: the first dials, the rest reuse
+        assert exchange(s.port, get("alpha.test", extra="Connection: close\r\n")) == 200
+    got = scrape_until(s, 4)
+    assert value(got, "splice_upstream_reused_total") == 3
+    assert value(got, "splice_upstream_idle") == 1
+    assert alpha.accepted == 1
