@@ -207,10 +207,8 @@ class HttpConn(Relay):
             return True
         if flow.blocked:
             return False
-        flow.budget = self.body_left
-        r = flow.pump(self.cshort)
-        self.body_left = flow.budget
-        flow.budget = -1
+        r, moved = flow.pump_at_most(self.body_left, self.cshort)
+        self.body_left -= moved
         if r == DONE:
             self._end_request()
             return True
@@ -234,10 +232,8 @@ class HttpConn(Relay):
             if self.inbuf:
                 return self._fill()
         if c.state is State.DATA and c.remaining:
-            flow.budget = before = c.remaining
-            r = flow.pump()
-            c.data_passed(before - flow.budget)
-            flow.budget = -1
+            r, moved = flow.pump_at_most(c.remaining)
+            c.data_passed(moved)
             if r == EOF:
                 self.on_client_eof()
             return r == DONE
@@ -409,8 +405,7 @@ class HttpConn(Relay):
             and ctx.cfg.route_each_request
         ):
             return False
-        sc = ctx.cfg.sheds.get(key[0])
-        return not ((sc is not None and sc.send_proxy) or self.lc.send_proxy)
+        return self.proxy_version(key[0]) is None
 
     def upstream_ready(self) -> None:
         preamble = self.proxy_preamble(None)
@@ -543,9 +538,8 @@ class HttpConn(Relay):
                     if self.rphase != R_HEAD or self.up is None:
                         return  # the response ended, or is now relayed blind
             elif ph == R_LENGTH:
-                down.budget = self.rleft
-                r = down.pump(self.ushort)
-                self.rleft, down.budget = down.budget, -1
+                r, moved = down.pump_at_most(self.rleft, self.ushort)
+                self.rleft -= moved
                 if r == DONE:
                     self._response_done()
                 elif r == EOF:
@@ -554,23 +548,11 @@ class HttpConn(Relay):
             else:
                 c = self.rchunk
                 assert c is not None
-                if self.rbuf:
-                    try:
-                        n = c.scan(self.rbuf)
-                    except ProtocolError:
-                        self._go_blind()  # the VM's framing is its own business
-                        return
-                    if n:
-                        down.write(bytes(self.rbuf[:n]))
-                        del self.rbuf[:n]
-                    if c.state is State.DONE:
-                        self._response_done()
-                        return
+                if self.rbuf and not self._pass_chunks():
+                    return
                 if not self.rbuf and c.state is State.DATA and c.remaining:
-                    down.budget = before = c.remaining
-                    r = down.pump()
-                    c.data_passed(before - down.budget)
-                    down.budget = -1
+                    r, moved = down.pump_at_most(c.remaining)
+                    c.data_passed(moved)
                     if r == EOF:
                         self._response_cut()
                     if r != DONE:
@@ -578,6 +560,26 @@ class HttpConn(Relay):
                     continue
             if not self._read_answer():
                 return
+
+    def _pass_chunks(self, head: bytes = b"") -> bool:
+        """Forward the chunked body bytes in ``rbuf``, after ``head`` in the same send;
+        False when the body has ended or is now relayed blind."""
+        c, down = self.rchunk, self.down
+        assert c is not None and down is not None
+        try:
+            n = c.scan(self.rbuf)
+        except ProtocolError:
+            if head:
+                down.write(head)
+            self._go_blind()  # the VM's framing is its own business
+            return False
+        if n or head:
+            down.write(head + self.rbuf[:n])
+            del self.rbuf[:n]
+        if c.state is State.DONE:
+            self._response_done()
+            return False
+        return True
 
     def _read_answer(self) -> bool:
         """More VM bytes into ``rbuf``; False when there are none for now."""
@@ -631,16 +633,7 @@ class HttpConn(Relay):
         if rh.body is Body.CHUNKED:
             self.rchunk = ChunkedFraming()
             self.rphase = R_CHUNKED
-            try:
-                n = self.rchunk.scan(self.rbuf)
-            except ProtocolError:
-                n = 0  # the chunk loop meets it again and relays the rest blind
-            down.write(rh.raw + self.rbuf[:n])
-            del self.rbuf[:n]
-            if self.rchunk.state is State.DONE:
-                self._response_done()
-                return False
-            return True
+            return self._pass_chunks(rh.raw)
         down.write(rh.raw)
         if rh.body is Body.NONE:
             self._response_done()

@@ -366,10 +366,14 @@ class Relay:
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""
 
+    def proxy_version(self, shed: str) -> str | None:
+        """The PROXY header version ``shed`` gets here (the shed's, else the listener's)."""
+        sc = self.ctx.cfg.sheds.get(shed)
+        return (sc.send_proxy if sc is not None else None) or self.lc.send_proxy
+
     def proxy_preamble(self, server_name: str | None) -> bytes:
         """The PROXY header for the VM, when the listener or the shed asks for one."""
-        sc = self.ctx.cfg.sheds.get(self.shed)
-        version = (sc.send_proxy if sc is not None else None) or self.lc.send_proxy
+        version = self.proxy_version(self.shed)
         if version is None:
             return b""
         local = self.proxied_dst or self.client.getsockname()[:2]

@@ -112,6 +112,15 @@ class Flow:
             elif short_ok and n < want:
                 return DRAINED
 
+    def pump_at_most(self, limit: int, short_ok: bool = False) -> tuple[int, int]:
+        """``pump`` reading at most ``limit`` (> 0) bytes of src: an exact body, a
+        chunk's data. Returns what ``pump`` returns and how many bytes it read."""
+        self.budget = limit
+        r = self.pump(short_ok)
+        moved = limit - self.budget
+        self.budget = -1
+        return r, moved
+
     def _splice(self) -> int:
         """Splice until something stops us; -1 means no pipe is free: copy instead."""
         if self.pipe is None:
