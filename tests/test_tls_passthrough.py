@@ -430,12 +430,13 @@ def test_a_client_that_stalls_mid_hello_gets_an_alert_after_the_head_timeout(net
 
 def test_a_client_that_closes_mid_hello_is_forgotten_quietly(net: Net) -> None:
     hello = client_hello(net.certs.client_context(), f"alpha.{DOMAIN}")
+    mark = net.splice.mark()
     with socket.create_connection(("127.0.0.1", net.tls), timeout=IO_TIMEOUT) as sock:
         client_port = sock.getsockname()[1]
         sock.sendall(hello[:50])
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_eof(sock) == b""
-    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ")
+    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
     assert line.endswith(" CLIENT_CLOSED")
     assert not net.vm.seen
 
@@ -496,13 +497,14 @@ def test_concurrent_clients_each_reach_the_vm_their_own_sni_names(net: Net) -> N
 
 def test_the_access_log_names_the_client_host_shed_and_port(net: Net) -> None:
     name = f"alpha.{DOMAIN}"
+    mark = net.splice.mark()
     with socket.socket() as raw:
         raw.connect(("127.0.0.1", net.tls))
         client_port = raw.getsockname()[1]
         with net.certs.client_context().wrap_socket(raw, server_hostname=name) as tls:
             tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             recv_until_eof(tls)
-    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ")
+    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
     assert f" host={name} shed=alpha port={net.vm.port} " in line
     assert line.endswith(" OK")
 
