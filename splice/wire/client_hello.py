@@ -15,7 +15,6 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from splice.errors import ProtocolError
-from splice.wire.cursor import Cursor, Short
 
 # Real hellos are 200-2000 bytes; post-quantum key shares (ML-KEM hybrids, ~1.2 KB
 # each) push a few to 3-4 KB. 16 KiB is ample headroom yet bounds what one
@@ -38,6 +37,9 @@ _MAX_LABEL = 63
 # Letters, digits, hyphen and the dot between labels; underscore too, as real service
 # names (_acme-challenge, docker-compose hosts) use it.
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+_OVERRUN = "ClientHello fields overrun the message"
+#: a record header and a handshake header: what the one-record fast path reads
+_SINGLE = _RECORD_HEADER + _HANDSHAKE_HEADER - 1
 
 
 class ContentType(IntEnum):
@@ -58,6 +60,12 @@ class NameType(IntEnum):
     host_name = 0  #: RFC 6066 §3
 
 
+# plain ints for the per-extension loop: an enum member lookup costs more than a compare
+_SERVER_NAME = int(ExtensionType.server_name)
+_ALPN = int(ExtensionType.application_layer_protocol_negotiation)
+_HOST_NAME = int(NameType.host_name)
+
+
 class Hello(NamedTuple):
     #: SNI host_name: ASCII, lower-cased, no trailing dot; None if absent
     server_name: str | None
@@ -73,6 +81,19 @@ def parse_client_hello(
     """None = need more bytes. Raises ProtocolError on garbage, SSLv2 hellos, non-handshake
     records, a first handshake message that is not ClientHello, malformed extensions,
     or a hello bigger than max_size (code HEAD_TOO_LARGE)."""
+    if len(buf) > _SINGLE and buf[0] == ContentType.handshake and buf[1] == 3:
+        # the usual case, one record holding exactly the whole message: the checks
+        # below are those _find_message makes, for its first and last record
+        size = buf[3] << 8 | buf[4]
+        end = _RECORD_HEADER + size
+        if (
+            0 < size <= _MAX_FRAGMENT
+            and end <= max_size
+            and end <= len(buf)
+            and buf[5] == HandshakeType.client_hello
+            and size == _HANDSHAKE_HEADER + (buf[6] << 16 | buf[7] << 8 | buf[8])
+        ):
+            return Hello(*_walk_hello(bytes(buf[_RECORD_HEADER:end])), end)
     found = _find_message(buf, max_size)
     if found is None:
         return None
@@ -148,64 +169,105 @@ def _check_bound(have: int, need: int, end: int, max_size: int) -> None:
         raise ProtocolError("the ClientHello is too large", code="HEAD_TOO_LARGE")
 
 
-def _walk_hello(message: bytes) -> tuple[str | None, tuple[str, ...]]:
-    """RFC 8446 §4.1.2, from the handshake header to the end of the extensions."""
-    c = Cursor(message)
-    try:
-        c.take(_HANDSHAKE_HEADER + _FIXED_FIELDS)
-        if len(c.take(c.u8())) > _MAX_SESSION_ID:
-            raise ProtocolError("ClientHello session id is too long")
-        suites = len(c.take(c.u16()))
-        if suites < 2 or suites % 2:
-            raise ProtocolError("ClientHello cipher suite list is malformed")
-        if not c.take(c.u8()):
-            raise ProtocolError("ClientHello offers no compression method")
-        return _walk_extensions(c)
-    except Short:
-        raise ProtocolError("ClientHello fields overrun the message") from None
+def _walk_hello(m: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """RFC 8446 §4.1.2, from the handshake header to the end of the extensions.
+
+    Plain indexing over ``m`` rather than a cursor object: this runs once per TLS
+    connection, and method calls per field cost more than the rest of the parse.
+    Every length is checked against the end of its enclosing vector before use.
+    """
+    end = len(m)
+    pos = _HANDSHAKE_HEADER + _FIXED_FIELDS
+    if pos >= end:
+        raise ProtocolError(_OVERRUN)
+    n = m[pos]
+    pos += 1 + n
+    if pos > end:
+        raise ProtocolError(_OVERRUN)
+    if n > _MAX_SESSION_ID:
+        raise ProtocolError("ClientHello session id is too long")
+    if pos + 2 > end:
+        raise ProtocolError(_OVERRUN)
+    n = m[pos] << 8 | m[pos + 1]
+    pos += 2 + n
+    if pos > end:
+        raise ProtocolError(_OVERRUN)
+    if n < 2 or n % 2:
+        raise ProtocolError("ClientHello cipher suite list is malformed")
+    if pos >= end:
+        raise ProtocolError(_OVERRUN)
+    n = m[pos]
+    pos += 1 + n
+    if pos > end:
+        raise ProtocolError(_OVERRUN)
+    if not n:
+        raise ProtocolError("ClientHello offers no compression method")
+    return _walk_extensions(m, pos)
 
 
-def _walk_extensions(c: Cursor) -> tuple[str | None, tuple[str, ...]]:
+def _walk_extensions(m: bytes, pos: int) -> tuple[str | None, tuple[str, ...]]:
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
-    if not c.remaining:
+    end = len(m)
+    if pos == end:
         return server_name, alpn
-    block = Cursor(c.take(c.u16()))
-    if c.remaining:
+    if pos + 2 > end:
+        raise ProtocolError(_OVERRUN)
+    block_end = pos + 2 + (m[pos] << 8 | m[pos + 1])
+    if block_end > end:
+        raise ProtocolError(_OVERRUN)
+    if block_end < end:
         raise ProtocolError("data follows the ClientHello extensions")
+    pos += 2
     seen: set[int] = set()
-    while block.remaining:
-        kind, data = block.u16(), block.take(block.u16())
+    while pos < block_end:
+        if pos + 4 > block_end:
+            raise ProtocolError(_OVERRUN)
+        kind = m[pos] << 8 | m[pos + 1]
+        start = pos + 4
+        pos = start + (m[pos + 2] << 8 | m[pos + 3])
+        if pos > block_end:
+            raise ProtocolError(_OVERRUN)
         if kind in seen:
             raise ProtocolError(f"ClientHello repeats extension {kind}")
         seen.add(kind)
-        if kind == ExtensionType.server_name:
-            server_name = _server_name(data)
-        elif kind == ExtensionType.application_layer_protocol_negotiation:
-            alpn = _alpn(data)
+        if kind == _SERVER_NAME:
+            server_name = _server_name(m, start, pos)
+        elif kind == _ALPN:
+            alpn = _alpn(m, start, pos)
     return server_name, alpn
 
 
-def _vector(data: memoryview, what: str) -> Cursor:
-    """A non-empty opaque<1..2^16-1> vector that fills ``data`` exactly."""
-    c = Cursor(data)
-    inner = c.take(c.u16())
-    if c.remaining or not inner:
+def _vector(m: bytes, pos: int, end: int, what: str) -> int:
+    """A non-empty opaque<1..2^16-1> vector that fills ``m[pos:end]`` exactly; where
+    its contents start."""
+    if pos + 2 > end:
+        raise ProtocolError(_OVERRUN)
+    inner_end = pos + 2 + (m[pos] << 8 | m[pos + 1])
+    if inner_end > end:
+        raise ProtocolError(_OVERRUN)
+    if inner_end < end or inner_end == pos + 2:
         raise ProtocolError(f"ClientHello {what} extension is malformed")
-    return Cursor(inner)
+    return pos + 2
 
 
-def _server_name(data: memoryview) -> str | None:
+def _server_name(m: bytes, pos: int, end: int) -> str | None:
     """RFC 6066 §3: the host_name entry of the ServerNameList."""
-    names = _vector(data, "server_name")
+    pos = _vector(m, pos, end, "server_name")
     found: str | None = None
-    while names.remaining:
-        kind, name = names.u8(), names.take(names.u16())
-        if kind != NameType.host_name:
+    while pos < end:
+        if pos + 3 > end:
+            raise ProtocolError(_OVERRUN)
+        kind = m[pos]
+        start = pos + 3
+        pos = start + (m[pos + 1] << 8 | m[pos + 2])
+        if pos > end:
+            raise ProtocolError(_OVERRUN)
+        if kind != _HOST_NAME:
             continue
         if found is not None:
             raise ProtocolError("ClientHello names two hosts")
-        found = _host_name(bytes(name))
+        found = _host_name(m[start:pos])
     return found
 
 
@@ -221,13 +283,18 @@ def _host_name(raw: bytes) -> str:
     return name
 
 
-def _alpn(data: memoryview) -> tuple[str, ...]:
+def _alpn(m: bytes, pos: int, end: int) -> tuple[str, ...]:
     """RFC 7301 §3.1: ProtocolName protocol_name_list<2..2^16-1>, each opaque<1..2^8-1>."""
-    names = _vector(data, "ALPN")
+    pos = _vector(m, pos, end, "ALPN")
     offered: list[str] = []
-    while names.remaining:
-        name = names.take(names.u8())
-        if not name:
+    while pos < end:
+        start = pos + 1
+        pos = start + m[pos]
+        if pos > end:
+            raise ProtocolError(_OVERRUN)
+        if pos == start:
             raise ProtocolError("ClientHello offers an empty ALPN protocol name")
-        offered.append("".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in name))
+        offered.append(
+            "".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in m[start:pos])
+        )
     return tuple(offered)

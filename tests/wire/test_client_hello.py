@@ -204,6 +204,9 @@ class TestParseClientHello:
             built_hello(alpn(b"h2", b"")),
             built_hello(extension(16, b"\x00\x03\x05h2")),
             records(b"\x01\x00\x00\x02\x03\x03"),
+            built_hello(b"\x00\x0a"),
+            built_hello(extension(0, vector16(b"\x00\x00"))),
+            built_hello(extension(0, vector16(b"\x00\x00\x05a"))),
         ],
         ids=[
             "long-session-id",
@@ -223,12 +226,32 @@ class TestParseClientHello:
             "empty-alpn-name",
             "alpn-name-overruns",
             "truncated-body",
+            "extension-header-cut",
+            "name-entry-cut",
+            "name-overruns-list",
         ],
     )
     def test_malformed_hello_is_a_bad_request(self, hello: bytes) -> None:
         with pytest.raises(ProtocolError) as e:
             parse_client_hello(hello)
         assert e.value.code == "BAD_REQUEST"
+
+    def test_a_message_that_ends_inside_any_field_is_an_overrun(self) -> None:
+        """Cut the body after every byte and fix up the lengths: each field's length
+        check must notice. Only the cut after the compression methods is a whole hello
+        (with no extension block)."""
+        ext = sni(b"a.example") + alpn(b"h2") + extension(10, b"\x00\x02\x00\x1d")
+        whole = handshake_message(built_hello(ext, session_id=bytes(8)))
+        body = whole[4:]
+        no_extensions = 2 + 32 + 1 + 8 + 2 + 2 + 1 + 1
+        for cut in range(len(body)):
+            message = b"\x01" + cut.to_bytes(3, "big") + body[:cut]
+            if cut == no_extensions:
+                assert parse_client_hello(records(message)) == Hello(None, (), cut + 9)
+                continue
+            with pytest.raises(ProtocolError) as e:
+                parse_client_hello(records(message))
+            assert e.value.code == "BAD_REQUEST", cut
 
     @pytest.mark.parametrize(
         "name",
