@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
-from splice.io.dial import connect_result, open_connection
+from splice.io.dial import connect_result, finished_at_once, loopback, open_connection
 from splice.io.flow import EOF, Flow
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName
@@ -234,6 +234,14 @@ class Relay:
         self.connecting = True
         self.up_done = False
         self.ctx.reactor.register(self.ufd, self)
+        if loopback(address):
+            try:
+                done = finished_at_once(sock, address, port)
+            except OSError:
+                raise self._refused() from None
+            if done:
+                self._connected()
+                return
         self.ctx.connect_deadlines.add(self, self.ctx.loop.time())
 
     def on_connected(self, events: int) -> None:
@@ -241,12 +249,20 @@ class Relay:
         assert self.up is not None
         # writable without an error or hang-up is a finished connect: no getsockopt
         if events & _HANGUPS and connect_result(self.up):
-            raise BackendError(
-                f"Nothing accepted the connection to port {self.port} of shed {self.shed!r}.",
-                code="CONNECT_FAILED",
-                shed=self.shed,
-                port=self.port,
-            )
+            raise self._refused()
+        self._connected()
+
+    def _refused(self) -> BackendError:
+        return BackendError(
+            f"Nothing accepted the connection to port {self.port} of shed {self.shed!r}.",
+            code="CONNECT_FAILED",
+            shed=self.shed,
+            port=self.port,
+        )
+
+    def _connected(self) -> None:
+        """The VM accepted: the flows exist from now on; start the exchange."""
+        assert self.up is not None
         self.connecting = False
         self.ctx.metrics.dial.observe(time.perf_counter() - self.dial_t)
         self.dial_t = 0.0
@@ -321,8 +337,8 @@ class Relay:
     def dial_key(self, key: Key) -> None:
         shed, port, address, mode = key
         if mode == "connect":
+            self.handshake = bytearray()  # before the dial: it may finish at once
             self.dial(*self.ctx.shed_server)
-            self.handshake = bytearray()
         elif address is None:
             raise BackendError(
                 f"Shed {shed!r} has no network address; reach it with dial = 'connect'.",

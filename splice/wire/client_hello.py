@@ -294,7 +294,5 @@ def _alpn(m: bytes, pos: int, end: int) -> tuple[str, ...]:
             raise ProtocolError(_OVERRUN)
         if pos == start:
             raise ProtocolError("ClientHello offers an empty ALPN protocol name")
-        offered.append(
-            "".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in m[start:pos])
-        )
+        offered.append("".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in m[start:pos]))
     return tuple(offered)
