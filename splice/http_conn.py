@@ -772,7 +772,9 @@ class HttpConn(Relay):
         self.drop_upstream()
         self.retiring = False
         self.state = CLOSING
-        out = self.down if self.down is not None else Flow(self.client, self.client, self.ctx.pool)
+        out = self.down
+        if out is None:
+            out = Flow(self.client, self.client, self.ctx.pool, self.ctx.reactor.arm)
         self.down = out
         out.write(page)
         out.finish()

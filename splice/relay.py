@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.io.dial import connect_result, finished_at_once, loopback, open_connection
 from splice.io.flow import EOF, Flow
+from splice.io.reactor import EDGE_ALL
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName
 from splice.wire.connect_api import parse_connect_response, render_connect_request
@@ -233,15 +234,17 @@ class Relay:
         self.ufd = sock.fileno()
         self.connecting = True
         self.up_done = False
-        self.ctx.reactor.register(self.ufd, self)
         if loopback(address):
             try:
                 done = finished_at_once(sock, address, port)
             except OSError:
                 raise self._refused() from None
             if done:
+                self.ctx.reactor.register(self.ufd, self)
                 self._connected()
                 return
+        # the connect reports its end as writability
+        self.ctx.reactor.register(self.ufd, self, EDGE_ALL)
         self.ctx.connect_deadlines.add(self, self.ctx.loop.time())
 
     def on_connected(self, events: int) -> None:
@@ -270,12 +273,12 @@ class Relay:
         self.after_connect()
 
     def _flows(self, up: socket.socket) -> None:
-        pool = self.ctx.pool
-        self.up_flow = Flow(self.client, up, pool)
+        pool, arm = self.ctx.pool, self.ctx.reactor.arm
+        self.up_flow = Flow(self.client, up, pool, arm)
         if self.down is not None:
             self.ndown += self.down.nbytes
             self.down.close()
-        self.down = Flow(up, self.client, pool)
+        self.down = Flow(up, self.client, pool, arm)
 
     def adopt(self, key: Key, sock: socket.socket) -> None:
         """Take over an idle keep-alive connection to ``key`` (already counted)."""

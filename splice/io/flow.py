@@ -5,7 +5,8 @@ Small transfers are copied through one shared 64 KiB buffer (``recv_into`` then
 the flow to ``os.splice`` through a pipe from the pool, zero-copy from then on.
 A flow holds its pipe only while bytes are in flight, so idle connections hold
 none. When ``dst`` is full the flow stops reading ``src`` (backpressure: memory
-stays bounded whatever the sizes) and resumes from ``on_writable``.
+stays bounded whatever the sizes), asks for dst's writability (``arm``) and
+resumes from ``on_writable``.
 
 ``budget`` caps how much is read from ``src`` (an exact Content-Length body);
 -1 means no cap. Sockets are non-blocking; errors such as a reset propagate as
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 from splice.io.pipes import PIPE_SIZE, PipePool
 
@@ -34,6 +36,7 @@ DONE = 3  #: the budget is spent
 
 class Flow:
     __slots__ = (
+        "arm",
         "blocked",
         "budget",
         "dst",
@@ -49,12 +52,20 @@ class Flow:
         "src_fd",
     )
 
-    def __init__(self, src: socket.socket, dst: socket.socket, pool: PipePool) -> None:
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        pool: PipePool,
+        arm: Callable[[int], None],
+    ) -> None:
         self.src = src
         self.dst = dst
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.pool = pool
+        #: called with dst's fd when dst refuses bytes: its writability is wanted
+        self.arm = arm
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
         #: bytes dst refused, copied out of the shared buffer; None while nothing waits
@@ -103,6 +114,7 @@ class Flow:
             if sent < n:
                 self.pending = bytearray(_MV[sent:n])
                 self.blocked = True
+                self.arm(self.dst_fd)
                 return BLOCKED
             if n == CHUNK:
                 self.splicing = True
@@ -152,6 +164,7 @@ class Flow:
                 pass
             if self.in_pipe:
                 self.blocked = True
+                self.arm(self.dst_fd)
                 return BLOCKED
 
     def _release(self) -> None:
@@ -175,6 +188,7 @@ class Flow:
         if sent < len(data):
             self.pending = bytearray(memoryview(data)[sent:])
             self.blocked = True
+            self.arm(self.dst_fd)
             return False
         return True
 
