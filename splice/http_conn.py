@@ -131,6 +131,9 @@ class HttpConn(Relay):
 
     def client_readable(self) -> None:
         self.cdrained = False
+        if self.state == TUNNEL:  # the hot case of a WebSocket: checked first
+            self._step_tunnel()
+            return
         if self.state == CLOSING:
             self._linger_read()
             return
@@ -247,7 +250,7 @@ class HttpConn(Relay):
             self.inbuf.clear()
             if not flow.write(data):
                 return False
-        r = flow.pump()
+        r = flow.pump(self.cshort)  # a short read under a real event: no read to EAGAIN
         if r == EOF:
             self.on_client_eof()
         return False
@@ -498,6 +501,9 @@ class HttpConn(Relay):
             self.maybe_close()
 
     def upstream_readable(self) -> None:
+        if self.state == TUNNEL and self.rphase is None and not self.dial_t:
+            super().upstream_readable()  # a blind splice, first byte seen: nothing to look at
+            return
         if self.dial_t and self.handshake is None:
             self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
             self.dial_t = 0.0
