@@ -80,6 +80,9 @@ BAD_CHUNKS = [
     (b"5\r\nhello\r\nXY\r\nhi\r\n0\r\n\r\n", 10),
     (b"3\r\nhello\r\n0\r\n\r\n", 8),
     (b"5\nhello\n0\n\n\r\n", 0),
+    # bare LFs and nothing more: no CRLF will come, so no waiting for one either
+    (b"5\nhello\n0\n\n", 0),
+    (b"5\r\nhello\n", 8),
 ]
 CHUNKED_HEAD = f"POST /c HTTP/1.1\r\nHost: {ALPHA}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
 

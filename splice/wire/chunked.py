@@ -57,10 +57,13 @@ class ChunkedFraming:
                 pos += take
                 self.data_passed(take)
                 continue
-            eol = bytes(data[pos : pos + MAX_LINE + 2]).find(b"\r\n")
+            window = bytes(data[pos : pos + MAX_LINE + 2])
+            eol = window.find(b"\r\n")
             if eol < 0:
                 if n - pos > MAX_LINE:
                     raise ProtocolError("chunk framing line too long")
+                if b"\n" in window:  # no CRLF anywhere, so this LF is bare: say so now
+                    raise ProtocolError("chunk framing line ends in a bare LF")
                 break
             self._line(bytes(data[pos : pos + eol]))
             pos += eol + 2

@@ -46,6 +46,23 @@ class TestScan:
         with pytest.raises(ProtocolError):
             ChunkedFraming().scan(data)
 
+    @pytest.mark.parametrize(
+        "data",
+        [b"5\n", b"5\nhello\n0\n\n", b"5\r\nhello\n", b"0\r\nX-T: 1\n"],
+        ids=["size-line", "whole-body", "data-end", "trailer"],
+    )
+    def test_a_bare_lf_is_refused_at_once_not_waited_on(self, data: bytes) -> None:
+        """No CRLF will ever come to end such a line: waiting would hold the client
+        until the idle timeout."""
+        with pytest.raises(ProtocolError, match="bare LF"):
+            ChunkedFraming().scan(data)
+
+    def test_a_crlf_split_between_reads_is_waited_for(self) -> None:
+        c = ChunkedFraming()
+        assert c.scan(b"5\r") == 0
+        assert c.scan(b"5\r\nhello\r") == 8
+        assert (c.state, c.remaining) == (State.DATA_END, 0)
+
     def test_an_endless_size_line_is_refused(self) -> None:
         with pytest.raises(ProtocolError):
             ChunkedFraming().scan(b"5" + b";" * (MAX_LINE + 10))
