@@ -124,7 +124,9 @@ class HttpConn(Relay):
         #: a byte of answer has come on this upstream
         self.got_answer = False
         #: what to send again on a fresh connection if a reused one is found closed
-        self.replay: tuple[tuple[bytes, Key, Endpoint], Head] | None = None
+        #: a request on a reused pooled connection that can be sent again if the VM
+        #: turns out to have closed it: (next, head, the whole body, b"" for none)
+        self.replay: tuple[tuple[bytes, Key, Endpoint], Head, bytes] | None = None
         self.start()
 
     # -- the client -> VM direction ---------------------------------------------
@@ -388,8 +390,10 @@ class HttpConn(Relay):
             self.dial_key(key)
             return
         self.adopt(key, sock)
-        if not head.chunked and not head.content_length:
-            self.replay = (self.next, head)
+        size = head.content_length or 0
+        if not head.chunked and size <= len(self.inbuf):
+            # no body, or all of it came with the head: it can be sent again
+            self.replay = (self.next, head, bytes(self.inbuf[:size]))
         self._start_exchange()
 
     def _keepalive_ok(self, head: Head, key: Key) -> bool:
@@ -714,8 +718,10 @@ class HttpConn(Relay):
     def _redial(self) -> None:
         """A reused upstream was closed by the VM before it answered: send on a fresh one."""
         assert self.replay is not None
-        self.next, self.head = self.replay
+        self.next, self.head, body = self.replay
         self.replay = None
+        self.inbuf.clear()  # nothing after a close request is sent on
+        self.inbuf += body
         self.rbuf.clear()
         self.ctx.upstreams.stale += 1
         self.drop_upstream()

@@ -12,6 +12,7 @@ raw VMs on loopback that record what they got and on which connection.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -42,13 +43,14 @@ def close_get(target: str, method: str = "GET", extra: str = "") -> bytes:
 class FramingVm(Upstream):
     """A keep-alive HTTP/1.1 VM whose target picks the response's framing.
 
-    Every request head it reads is kept in ``heads``; ``served[i]`` counts the
-    requests answered on connection ``i``.
+    Every request head it reads is kept in ``heads``, its Content-Length body in
+    ``bodies``; ``served[i]`` counts the requests answered on connection ``i``.
     """
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.heads: list[bytes] = []
+        self.bodies: list[bytes] = []
 
     def close_active(self) -> None:
         """Close every open connection from the VM's side (a keep-alive timeout)."""
@@ -69,6 +71,15 @@ class FramingVm(Upstream):
             head = bytes(buf[:end])
             del buf[:end]
             self.heads.append(head)
+            length = re.search(rb"\r\ncontent-length: *(\d+)\r\n", head.lower())
+            size = int(length.group(1)) if length else 0
+            while len(buf) < size:
+                data = self.recv(sock, rec)
+                if not data:
+                    return
+                buf += data
+            self.bodies.append(bytes(buf[:size]))
+            del buf[:size]
             method, target = head.decode("latin-1").split(" ", 2)[:2]
             rec.requests += 1
             if method == "HEAD":
@@ -296,6 +307,32 @@ def test_a_reused_connection_found_closed_is_retried_on_a_fresh_one(
     r = one(s.port, close_get("/hang-up-when-reused"))
     assert (r.status, r.body) == (200, b"ok")
     assert vm.accepted == 2 and [c.requests for c in vm.conns] == [2, 1]
+
+
+def test_a_reused_connection_found_closed_is_retried_with_a_body_that_came_whole(
+    vm: FramingVm, start_splice: StartSplice
+) -> None:
+    s = start_splice({"alpha": shed(vm)})
+    post = close_get("/hang-up-when-reused", "POST", "Content-Length: 7\r\n")
+    assert one(s.port, post + b"payload").body == b"ok"
+    r = one(s.port, post + b"PAYLOAD")
+    assert (r.status, r.body) == (200, b"ok")
+    assert vm.accepted == 2 and [c.requests for c in vm.conns] == [2, 1]
+    # the VM read the second body twice: on the connection that hung up, then again
+    assert vm.bodies == [b"payload", b"PAYLOAD", b"PAYLOAD"]
+
+
+def test_a_body_still_on_its_way_is_not_retried(vm: FramingVm, start_splice: StartSplice) -> None:
+    """Bytes already passed on cannot be sent again: the client sees the VM's close."""
+    s = start_splice({"alpha": shed(vm)})
+    post = close_get("/hang-up-when-reused", "POST", "Content-Length: 7\r\n")
+    assert one(s.port, post + b"payload").body == b"ok"
+    with RawClient(s.port) as c:
+        c.send(post + b"PAY")
+        wait_for(lambda: len(vm.heads) == 2, "the second head reached the VM")
+        c.send(b"LOAD")
+        assert c.read_to_eof() == b""
+    assert vm.accepted == 1
 
 
 def test_idle_pooled_connections_are_closed_after_the_keepalive_timeout(
