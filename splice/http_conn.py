@@ -21,7 +21,8 @@ then follows the response's framing so that the upstream can be parked again the
 moment the response ends; the client gets ``Connection: close`` and a FIN. A
 response whose end is not known from its head is relayed blind, as always, and its
 connection is not kept. If a reused connection turns out closed before a byte of
-answer came, a body-less request is sent once more on a fresh connection.
+answer came, the request is sent once more on a fresh connection when splice still
+has all of it (no body, or a body that came whole with the head).
 """
 
 from __future__ import annotations
@@ -123,7 +124,6 @@ class HttpConn(Relay):
         self.reusable = False
         #: a byte of answer has come on this upstream
         self.got_answer = False
-        #: what to send again on a fresh connection if a reused one is found closed
         #: a request on a reused pooled connection that can be sent again if the VM
         #: turns out to have closed it: (next, head, the whole body, b"" for none)
         self.replay: tuple[tuple[bytes, Key, Endpoint], Head, bytes] | None = None
@@ -133,9 +133,6 @@ class HttpConn(Relay):
 
     def client_readable(self) -> None:
         self.cdrained = False
-        if self.state == TUNNEL:  # the hot case of a WebSocket: checked first
-            self._step_tunnel()
-            return
         if self.state == CLOSING:
             self._linger_read()
             return
@@ -505,9 +502,6 @@ class HttpConn(Relay):
             self.maybe_close()
 
     def upstream_readable(self) -> None:
-        if self.state == TUNNEL and self.rphase is None and not self.dial_t:
-            super().upstream_readable()  # a blind splice, first byte seen: nothing to look at
-            return
         if self.dial_t and self.handshake is None:
             self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
             self.dial_t = 0.0

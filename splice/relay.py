@@ -482,20 +482,13 @@ class Relay:
 
     def drop_upstream(self) -> None:
         """Close the upstream socket now; queued client-bound bytes stay in ``down``."""
-        if self.counted is not None:
-            self.ctx.shed_active[self.counted] -= 1
-            self.counted = None
-        if self.up is None:
+        fd = self.ufd
+        up = self._release_upstream()
+        if up is None:
             return
         self.ctx.connect_deadlines.discard(self)
-        self.ctx.reactor.forget(self.ufd)
-        if self.up_flow is not None:
-            self.nup += self.up_flow.nbytes
-            self.up_flow.close()
-            self.up_flow = None
-        self.up.close()
-        self.up = None
-        self.ufd = -1
+        self.ctx.reactor.forget(fd)
+        up.close()
         self.connecting = False
         self.handshake = None
 
@@ -503,17 +496,27 @@ class Relay:
         """Give the upstream, clean after a complete exchange, to the pool (or close it)."""
         up, key = self.up, self.key
         assert up is not None and key is not None and self.up_flow is not None
-        if not self.ctx.upstreams.park(key, up, self.ctx.loop.time()):
+        if self.ctx.upstreams.park(key, up, self.ctx.loop.time()):
+            self._release_upstream()
+        else:
             self.drop_upstream()
-            return
+
+    def _release_upstream(self) -> socket.socket | None:
+        """Stop counting the upstream against its shed and settle its flow; the socket,
+        no longer this connection's, is the caller's to close or pool."""
         if self.counted is not None:
             self.ctx.shed_active[self.counted] -= 1
             self.counted = None
-        self.nup += self.up_flow.nbytes
-        self.up_flow.close()
-        self.up_flow = None
+        up = self.up
+        if up is None:
+            return None
+        if self.up_flow is not None:
+            self.nup += self.up_flow.nbytes
+            self.up_flow.close()
+            self.up_flow = None
         self.up = None
         self.ufd = -1
+        return up
 
     # -- ends -----------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class UpstreamPool:
             return False
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self.per_key:
-            self._drop(*idle.pop(0))
+            self._drop(idle.pop(0)[0])
         fd = sock.fileno()
         idle.append((sock, now))
         self._key_of[fd] = key
@@ -98,7 +98,7 @@ class UpstreamPool:
         if not idle:
             del self._idle[key]
 
-    def _drop(self, sock: socket.socket, _parked: float) -> None:
+    def _drop(self, sock: socket.socket) -> None:
         self._key_of.pop(sock.fileno(), None)
         self._close(sock)
 
@@ -114,8 +114,8 @@ class UpstreamPool:
             n = 0
             while n < len(idle) and idle[n][1] <= limit:
                 n += 1
-            for sock, parked in idle[:n]:
-                self._drop(sock, parked)
+            for sock, _ in idle[:n]:
+                self._drop(sock)
             del idle[:n]
             if not idle:
                 del self._idle[key]
@@ -124,8 +124,8 @@ class UpstreamPool:
         """Stopping: close every idle connection and park no more."""
         self.closed = True
         for idle in self._idle.values():
-            for sock, parked in idle:
-                self._drop(sock, parked)
+            for sock, _ in idle:
+                self._drop(sock)
         self._idle.clear()
 
     def stats(self) -> dict[str, Any]:

@@ -96,9 +96,9 @@ def parse_response_head(
             length = int(value)
     if chunked and length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
-    raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE
     if status == 101:
         return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, head, end + 4)
+    raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE
     if head_request or status in (204, 304):
         return ResponseHead(status, Body.NONE, 0, keep_alive, False, raw, end + 4)
     if chunked:
