@@ -252,7 +252,24 @@ class HttpConn(Relay):
         r = flow.pump(self.cshort)  # a short read under a real event: no read to EAGAIN
         if r == EOF:
             self.on_client_eof()
+        else:
+            self._relay_only()
         return False
+
+    def _relay_only(self) -> None:
+        """In a tunnel, later events skip the state machine (``Relay.relay_only``):
+        the client's once ``inbuf`` is flushed, the VM's once its first byte is timed."""
+        if (
+            self.state != TUNNEL
+            or self.rphase is not None
+            or self.retiring
+            or self.handshake is not None
+        ):
+            return
+        if not self.inbuf:
+            self.relay_only(self.cfd)
+        if not self.dial_t:
+            self.relay_only(self.ufd)
 
     def _end_request(self) -> None:
         assert self.head is not None
@@ -512,6 +529,7 @@ class HttpConn(Relay):
         if waiting and not self._peek_upgrade():
             return
         super().upstream_readable()
+        self._relay_only()
 
     def _peek_upgrade(self) -> bool:
         """Look at the VM's answer to an Upgrade request; False until it shows."""

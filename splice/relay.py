@@ -44,6 +44,7 @@ _HANDSHAKE_READ = 16 * 1024
 # (shed, port, address, dial mode): requests with the same key can share an upstream
 Key = tuple[str, int, str | None, str]
 
+_IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _NOT_OUT = ~select.EPOLLOUT
 #: events after which a short read does not prove a socket drained: read to EOF
@@ -279,6 +280,22 @@ class Relay:
             self.ndown += self.down.nbytes
             self.down.close()
         self.down = Flow(up, self.client, pool, arm)
+
+    def relay_only(self, fd: int) -> None:
+        """``fd``'s events only move bytes from now on: give it a ``Side`` handler.
+
+        Call once a direction is blind for good (a tunnel) and nothing is left to
+        parse or answer on it; it is a no-op for a socket this connection no longer
+        handles (closed, or a Side already).
+        """
+        handlers = self.ctx.reactor.handlers
+        up_flow, down = self.up_flow, self.down
+        if handlers.get(fd) is not self or up_flow is None or down is None:
+            return
+        if fd == self.cfd:
+            handlers[fd] = Side(self, up_flow, down, self.on_client_eof)
+        elif fd == self.ufd:
+            handlers[fd] = Side(self, down, up_flow, self.on_upstream_eof)
 
     def adopt(self, key: Key, sock: socket.socket) -> None:
         """Take over an idle keep-alive connection to ``key`` (already counted)."""
@@ -583,6 +600,44 @@ class Relay:
         self.ctx.reactor.forget(self.cfd)
         self.client.close()
         self.ctx.untrack(self)
+
+
+class Side:
+    """The reactor's handler for one socket of a tunnel: a read event moves bytes.
+
+    Once a connection only relays (a WebSocket after its 101, TLS after the
+    hello, a CONNECT tunnel), each event is "read from this socket, write to the
+    other". The connection's own ``on_event`` walks its state machine every time to
+    find that out; this handler, put in the reactor in its place, skips the walk.
+    Anything else (a hang-up or error, writability a blocked flow waits for) takes
+    the connection's full path, so the semantics stay in one place.
+    """
+
+    __slots__ = ("back", "conn", "eof", "flow")
+
+    def __init__(self, conn: Relay, flow: Flow, back: Flow, eof: Callable[[], None]) -> None:
+        self.conn = conn
+        #: bytes from this socket; ``back`` writes to it
+        self.flow = flow
+        self.back = back
+        #: what the connection does when this socket sends FIN
+        self.eof = eof
+
+    def on_event(self, fd: int, events: int) -> None:
+        if events & _HANGUPS or (events & _OUT and self.back.blocked):
+            self.conn.on_event(fd, events)
+        elif events & _IN:
+            try:
+                # no hang-up came with this edge: a short read proves src drained
+                if self.flow.pump(True) == EOF:
+                    self.eof()
+            except SpliceError as e:
+                self.conn.failed(e)
+            except OSError:
+                self.conn.reset()
+
+    def abort(self) -> None:
+        self.conn.abort()
 
 
 def _unmap(addr: tuple[str, int]) -> tuple[str, int]:

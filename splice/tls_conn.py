@@ -114,12 +114,15 @@ class TlsConn(Relay):
         self.dial_t = time.perf_counter()
         if self.stirred:  # else the socket had nothing past the hello: no read to EAGAIN
             self.client_readable()
+        self.relay_only(self.cfd)
 
     def upstream_readable(self) -> None:
         if self.dial_t and self.handshake is None:
             self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
             self.dial_t = 0.0
         super().upstream_readable()
+        if not self.dial_t and self.handshake is None:
+            self.relay_only(self.ufd)  # the first byte is timed: blind from now on
 
     def on_head_timeout(self) -> None:
         if self.hello is None and not self.closed:

@@ -41,6 +41,7 @@ from upstreams import (
     sha256_hex,
     shed,
 )
+from wsproto.events import BytesMessage, Message, TextMessage
 
 ALPHA = f"alpha.{DOMAIN}"
 BETA = f"beta.{DOMAIN}"
@@ -301,6 +302,54 @@ def test_a_websocket_echo_works_through_splice(world: World) -> None:
             assert ws.echo(message) == message
         ws.close()
         assert c.closed_by_peer()
+
+
+def test_a_websocket_client_that_stops_reading_holds_back_the_vm_and_loses_nothing(
+    world: World,
+) -> None:
+    """Backpressure both ways inside a tunnel: the client sends 64 MiB of messages
+    without reading; the VM's echoes fill the client's socket, the VM stops reading,
+    and splice stops reading the client. When the client reads, everything flows."""
+    count, size = 64, 1 << 20
+    messages = [b"%08d" % i * (size // 8) for i in range(count)]
+    with world.splice.client(timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        ws = WsClient(c, ALPHA)
+        frames = b"".join(ws.ws.send(BytesMessage(m)) for m in messages)
+        sender = threading.Thread(target=c.sock.sendall, args=(frames,))
+        sender.start()
+        time.sleep(0.5)
+        assert sender.is_alive(), "64 MiB went through with nobody reading the echoes"
+        got = bytearray()
+        while len(got) < count * size:
+            event = ws._event()
+            assert isinstance(event, Message), event
+            got += event.data
+        sender.join(10)
+        assert not sender.is_alive()
+        assert got == b"".join(messages)
+        ws.close()
+        assert c.closed_by_peer()
+
+
+def test_a_websocket_clients_last_message_and_fin_seen_in_one_event_both_reach_the_vm(
+    world: World,
+) -> None:
+    """Bytes and a FIN that splice finds together: a short read does not prove the
+    socket drained then, and the FIN must still be passed on."""
+    with world.splice.client() as c:
+        ws = WsClient(c, ALPHA)
+        assert ws.echo("first") == "first"
+        os.kill(world.splice.pid, signal.SIGSTOP)  # both arrive before splice looks
+        try:
+            c.send(ws.ws.send(TextMessage("last")))
+            c.shut_write()
+            time.sleep(0.05)
+        finally:
+            os.kill(world.splice.pid, signal.SIGCONT)
+        event = ws._event()
+        assert isinstance(event, TextMessage) and event.data == "last"
+        assert c.closed_by_peer()  # the VM saw the FIN and closed
 
 
 @pytest.mark.parametrize("size", [10, 8 * 1024 * 1024])
