@@ -3,7 +3,8 @@
 A connection is one object driven by reactor callbacks, never a Task (a Task per
 connection costs ~45 µs, reference/conn-cost). Subclasses (HTTP, TLS) read the
 first bytes, pick the upstream and decide what a failure looks like; this class
-moves bytes: ``up_flow`` carries client -> VM, ``down`` carries VM -> client.
+moves bytes: ``up_flow`` carries client -> VM, ``down`` carries VM -> client. Once
+it is a tunnel, a ``Side`` per socket takes the plain read events (``relay_only``).
 
 A FIN on one side is passed on with ``shutdown(SHUT_WR)`` while the other
 direction keeps flowing; the pair is closed when both sides have ended and
