@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import os
 import socket
 import struct
 from typing import cast
@@ -39,31 +38,6 @@ def open_connection(address: str, port: int) -> socket.socket:
             f"connect failed: {errno.errorcode.get(err, err)}", code="CONNECT_FAILED"
         )
     return sock
-
-
-def loopback(address: str) -> bool:
-    """A loopback destination: the kernel runs the whole TCP handshake (SYN, SYN-ACK,
-    ACK through the loopback device's softirq) before ``connect`` returns."""
-    return address.startswith("127.") or address == "::1"
-
-
-def finished_at_once(sock: socket.socket, address: str, port: int) -> bool:
-    """Whether a connect just started to a loopback address has already finished.
-
-    A second ``connect`` answers without waiting: EISCONN (done), EALREADY (still
-    going: the listener's queue was full and the SYN will be retried), or the
-    connect's own error. One cheap syscall instead of a trip through the event loop
-    for the writable event, like HAProxy's speculative I/O on a fresh connection.
-
-    Raises:
-        OSError: the connect failed (ECONNREFUSED: nothing listens on that port).
-    """
-    err = sock.connect_ex((address, port))
-    if err == errno.EISCONN or err == 0:
-        return True
-    if err in (errno.EALREADY, errno.EINPROGRESS):
-        return False
-    raise OSError(err, os.strerror(err))
 
 
 def connect_result(sock: socket.socket) -> int:
