@@ -239,7 +239,7 @@ class Relay:
         # the connect reports its end as writability. Even on loopback, where the
         # handshake is over when connect() returns, waiting for that event is cheaper
         # than going on at once: measured, new connection per request, 40 % of them
-        # dialling (bench README, "Profiling a target")
+        # dialling (bench README, "Bisecting a regression")
         self.ctx.reactor.register(self.ufd, self, EDGE_ALL)
         self.ctx.connect_deadlines.add(self, self.ctx.loop.time())
 
