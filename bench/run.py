@@ -1,7 +1,7 @@
 """Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
 
-    python -m bench.run --quick                       # ~4.5 minutes
-    python -m bench.run --full                        # ~17.5 minutes
+    python -m bench.run --quick                       # under 4 minutes
+    python -m bench.run --full                        # ~20 minutes
     python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
 
 Installs missing peers (apt) and matplotlib (pip), starts every process on its own
@@ -32,6 +32,7 @@ from bench import deps, report
 from bench.proc import Managed, raise_nofile
 from bench.scenarios import (
     DEFAULT_SCENARIOS,
+    QUICK_SCENARIOS,
     SCENARIO_NAMES,
     STORE_SCENARIOS,
     Ctx,
@@ -54,7 +55,13 @@ from bench.targets import (
 PROFILES = {
     # quick holds only 10k (the issue-6 level); full adds 2k
     "quick": Settings(
-        rounds=2, duration=2.0, warmup=0.3, held_rounds=1, cold_names=40, held_levels=(10000,)
+        rounds=2,
+        duration=2.0,
+        warmup=0.3,
+        settle=0.2,
+        held_rounds=1,
+        cold_names=40,
+        held_levels=(10000,),
     ),
     "full": Settings(rounds=3, duration=8.0, warmup=0.5, held_rounds=3, cold_names=150),
 }
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         env.splice_cmd = a.splice_cmd
     env.shed_delay = a.shed_delay
     wanted = a.targets.split(",") if a.targets else TARGET_NAMES
-    chosen = a.only.split(",") if a.only else DEFAULT_SCENARIOS
+    chosen = a.only.split(",") if a.only else DEFAULT_SCENARIOS if a.full else QUICK_SCENARIOS
     scs = [sc for sc in scenarios(s) if sc.name in chosen]
     # a target no chosen scenario takes is not started (splice-replay records 1 GiB)
     targets = [
