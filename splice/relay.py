@@ -244,24 +244,17 @@ class Relay:
         self.ctx.connect_deadlines.add(self, self.ctx.loop.time())
 
     def on_connected(self, events: int) -> None:
+        """The connect ended; if the VM accepted, the flows exist from now on."""
         self.ctx.connect_deadlines.discard(self)
         assert self.up is not None
         # writable without an error or hang-up is a finished connect: no getsockopt
         if events & _HANGUPS and connect_result(self.up):
-            raise self._refused()
-        self._connected()
-
-    def _refused(self) -> BackendError:
-        return BackendError(
-            f"Nothing accepted the connection to port {self.port} of shed {self.shed!r}.",
-            code="CONNECT_FAILED",
-            shed=self.shed,
-            port=self.port,
-        )
-
-    def _connected(self) -> None:
-        """The VM accepted: the flows exist from now on; start the exchange."""
-        assert self.up is not None
+            raise BackendError(
+                f"Nothing accepted the connection to port {self.port} of shed {self.shed!r}.",
+                code="CONNECT_FAILED",
+                shed=self.shed,
+                port=self.port,
+            )
         self.connecting = False
         self.ctx.metrics.dial.observe(time.perf_counter() - self.dial_t)
         self.dial_t = 0.0
