@@ -962,13 +962,33 @@ table tls_hosts {{
         return _version(["sniproxy", "-V"])
 
 
+class PyFloor(Target):
+    """bench/floor_relay.py: a bare Python relay (own epoll loop, one fixed upstream, no
+    routing) in the TLS scenario only. A peer splice cannot be faster than with the same
+    interpreter: where it is behind a C peer, so is splice, whatever splice does."""
+
+    def __init__(self) -> None:
+        super().__init__("py-floor", tls_how="none: relays every connection to the backend")
+        self.only = ("tls",)
+        self.about = "the Python floor: epoll + recv/send, no routing, parsing or timers"
+
+    def _start(self, env: Env, be: Backend) -> Endpoints:
+        (port,) = free_ports(1)
+        argv = [env.python, "-m", "bench.floor_relay", "--listen", str(port), "--to", str(be.tls)]
+        self._spawn(env, argv, [port], cwd=REPO)
+        return Endpoints(tls=port)
+
+    def version(self) -> str:
+        return "python " + sys.version.split()[0]
+
+
 def all_targets() -> list[Target]:
     """Every target, in the order they are measured within a round: the peers, then
     splice's variants (each only in its own scenarios), then the forward proxies."""
     return [
         Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
         SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(), SpliceShed(),
-        SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(),
+        SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(), PyFloor(),
     ]  # fmt: skip
 
 
