@@ -51,6 +51,11 @@ class HttpStream:
             self.writer.write(data)
             await self.writer.drain()
 
+    async def send_all(self, events: list[Any]) -> None:
+        """Several events in one write (a whole small response: one send, one packet)."""
+        self.writer.write(b"".join(self.conn.send(e) or b"" for e in events))
+        await self.writer.drain()
+
     @property
     def can_respond(self) -> bool:
         """A request is in and no response byte is out: an error page can still be sent."""

@@ -72,7 +72,15 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reader: bool = False) -> None:
+        """``reader``: a read-only connection that never waits (the event loop's lookups);
+        WAL readers do not wait for a writer, and anything else is SQLITE_BUSY at once."""
+        if reader:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self.db = sqlite3.connect(
+                uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            return
         self.db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )

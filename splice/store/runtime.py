@@ -5,6 +5,9 @@ crash: stale temp files and pins go), loads the CA when ``intercept_tls`` is on,
 builds the upstream TLS context. Index work and fsyncs run on a small thread pool
 (SQLite may wait on another worker's lock; the event loop must not), and whatever was
 started there finishes even when the connection is cancelled, so no file or pin leaks.
+The exception is the common case, a hit on a small body: ``Store.peek`` serves it on the
+loop's thread (a read-only connection that never waits; a thread hop cost more than
+the lookup), and its LRU stamp goes to the pool with others once a second.
 ``flights`` is the single-flight table: key -> the recording in progress.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from splice.ca import CaError, CertificateAuthority
@@ -25,6 +29,9 @@ from splice.store.store import Replay, Store
 #: store threads: a long fsync of one recording must not hold up replays (the
 #: Store's lock serialises index work; fsyncs run side by side)
 POOL = 4
+#: seconds the LRU stamps of small hits wait before a store thread writes them; a crash
+#: loses at most that much LRU order, never an entry
+TOUCH_EVERY = 1.0
 
 
 def upstream_context(trust_bundle: str | None = None) -> ssl.SSLContext:
@@ -52,6 +59,9 @@ class StoreRuntime:
         self.upstream_tls = upstream_tls or upstream_context()
         self.flights: dict[str, asyncio.Future[None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=POOL, thread_name_prefix="splice-store")
+        #: LRU stamps of hits served by ``peek``, handed to the pool every TOUCH_EVERY s
+        self._stamps: dict[str, float] = {}
+        self._stamped_at = time.monotonic()
 
     @classmethod
     def open(cls, settings: StoreSettings, *, trust_bundle: str | None = None) -> StoreRuntime:
@@ -72,16 +82,32 @@ class StoreRuntime:
         return cls(settings, store, ca=ca, upstream_tls=upstream_context(trust_bundle))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)  # commits and unpins in flight finish first
+        self._stamp()
+        self._pool.shutdown(wait=True)  # commits, unpins and stamps in flight finish first
         self.store.close()
 
     async def open_replay(self, key: str) -> Replay | None:
+        """A small hit at once from this thread (``Store.peek``); the rest on the pool."""
+        rep = self.store.peek(key)
+        if rep is not None:
+            now = time.monotonic()
+            self._stamps[key] = time.time()
+            if now - self._stamped_at >= TOUCH_EVERY:
+                self._stamped_at = now
+                self._stamp()
+            return rep
         job = self._pool.submit(self.store.open_replay, key)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             job.add_done_callback(self._drop_unclaimed)  # it may still open and pin
             raise
+
+    def _stamp(self) -> None:
+        """Hand the stamps of ``peek`` hits to a store thread (writing them may wait)."""
+        if self._stamps:
+            stamps, self._stamps = self._stamps, {}
+            self._pool.submit(self.store.stamp, stamps)
 
     def _drop_unclaimed(self, job: Future[Replay | None]) -> None:
         if not job.cancelled() and job.exception() is None:
@@ -90,9 +116,11 @@ class StoreRuntime:
                 self.store.close_replay(replay)
 
     def close_replay(self, replay: Replay) -> None:
-        """Close at once; the unpin is queued (it must happen even if we are cancelled)."""
-        replay.file.close()
-        self._pool.submit(self.store.unpin, replay.token)
+        """Close at once; an unpin is queued (it must happen even if we are cancelled)."""
+        if replay.file is not None:
+            replay.file.close()
+        if replay.token:
+            self._pool.submit(self.store.unpin, replay.token)
 
     async def commit(self, writer: BlobWriter, entry: Entry) -> None:
         """fsync, install the blob and ``entry`` naming it: one job, run to its end even

@@ -119,11 +119,18 @@ async def replay(cx: Client, inc: Incoming, key: str) -> bool:
         e = rep.entry
         reason = e.reason.encode("latin-1")
         fields = replay_fields(e, inc.method)
-        await cx.stream.send(h11.Response(status_code=e.status, headers=fields, reason=reason))
-        if has_body(inc.method, e.status):
-            while chunk := rep.file.read(READ_SIZE):
-                await cx.stream.send(h11.Data(data=chunk))
-        await cx.stream.send(h11.EndOfMessage())
+        head = h11.Response(status_code=e.status, headers=fields, reason=reason)
+        body = has_body(inc.method, e.status)
+        if rep.file is None:  # a small body, read already: the response in one write
+            assert rep.body is not None
+            data = [h11.Data(data=rep.body)] if body and rep.body else []
+            await cx.stream.send_all([head, *data, h11.EndOfMessage()])
+        else:
+            await cx.stream.send(head)
+            if body:
+                while chunk := rep.file.read(READ_SIZE):
+                    await cx.stream.send(h11.Data(data=chunk))
+            await cx.stream.send(h11.EndOfMessage())
     finally:
         cx.rt.close_replay(rep)
     return True

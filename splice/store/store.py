@@ -3,15 +3,24 @@
 A recording commits in this order: body fsynced in ``tmp/`` (``BlobWriter.finish``),
 then, holding the index's write lock, the rename to the blob's name and the row's
 insert, then eviction. So a row never names a missing or partial blob, and eviction
-(which unlinks under the same lock) never races a recording of the same body. Replays
-pin their key for as long as they stream; eviction skips pinned keys. Blocking: the
-proxy calls it from one worker thread (``runtime.StoreRuntime``), the CLI directly.
+(which unlinks under the same lock) never races a recording of the same body.
+
+A replay of a body up to ``small_body`` bytes reads it whole at lookup: nothing streams
+afterwards, so nothing needs protecting. ``peek`` serves such a hit with a SELECT on a
+read-only connection that never waits and one read, no write (a write per hit made
+small hits ten times slower than forwarding); its caller writes the LRU stamps
+(``used_at``) of many hits at once with ``stamp``. Everything ``peek`` leaves (a miss,
+a large body, damage) goes to ``open_replay``, under the write lock. A larger body
+streams from its blob, so its key is pinned for as long as it does and eviction skips
+pinned keys. Blocking: the proxy calls it from a few worker threads
+(``runtime.StoreRuntime``) except for ``peek``, the CLI directly.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,13 +33,18 @@ from splice.store.index import Entry, Index
 
 #: an unreferenced blob younger than this may be a recording about to commit
 ORPHAN_GRACE = 3600.0
+#: bodies up to this size are read whole at lookup (no pin, no write): one socket write
+SMALL_BODY = 64 * 1024
 
 
 @dataclass(slots=True)
 class Replay:
     entry: Entry
-    file: BinaryIO
-    token: str
+    #: a small entry's whole body, read at lookup (``file`` is None, nothing is pinned)
+    body: bytes | None = None
+    #: a large entry's blob, open, its key pinned under ``token`` until ``close_replay``
+    file: BinaryIO | None = None
+    token: str = ""
 
 
 @dataclass(slots=True)
@@ -45,17 +59,21 @@ class VerifyReport:
 
 
 class Store:
-    def __init__(self, root: str | Path, max_bytes: int) -> None:
+    def __init__(self, root: str | Path, max_bytes: int, *, small_body: int = SMALL_BODY) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.blobs = BlobStore(self.root)
         self.index = Index(self.root / "index.sqlite3")
+        #: ``peek``'s own connection: read-only, never waits, used without the lock
+        self.reader = Index(self.root / "index.sqlite3", reader=True)
         self.max_bytes = max_bytes
+        self.small_body = small_body
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self.index.close()
+            self.reader.close()
 
     def recover(self) -> None:
         """After a crash: drop dead writers' temp files, dead pins, old orphan blobs."""
@@ -95,31 +113,78 @@ class Store:
                 if total <= self.max_bytes:
                     return
 
+    def peek(self, key: str) -> Replay | None:
+        """A small hit, for a thread that must not wait: no lock, no write, and None
+        whenever the answer needs more (a miss, a large body, a blob that went or is
+        damaged, a busy index): ``open_replay`` decides those. The caller stamps the
+        hit (``stamp``)."""
+        try:
+            entry = self.reader.get(key)
+        except sqlite3.Error:
+            return None
+        if entry is None or entry.size > self.small_body:
+            return None
+        body = self._read(entry)
+        return None if body is None else Replay(entry, body=body)
+
+    def stamp(self, stamps: dict[str, float]) -> None:
+        """Write the LRU stamps of hits ``peek`` served (key -> when), in one transaction."""
+        with self._lock, self.index.transaction():
+            for key, when in stamps.items():
+                self.index.touch(key, when)
+
     def open_replay(self, key: str) -> Replay | None:
-        """The entry and its open blob, pinned; None on a miss (or a damaged blob)."""
-        token = secrets.token_hex(8)
-        with self._lock:
-            with self.index.transaction():
-                entry = self.index.get(key)
-                if entry is None:
-                    return None
-                self.index.pin(token, key)
-                self.index.touch(key, time.time())
-            try:
-                f = self.blobs.open(entry.blob)
-                if os.fstat(f.fileno()).st_size == entry.size:
-                    return Replay(entry, f, token)
-                f.close()
-            except FileNotFoundError:
-                pass
-            with self.index.transaction():  # the blob is gone or damaged: a miss, forgotten
-                self.index.unpin(token)
-                self._delete(key)
+        """The entry with its body (small) or its open blob, pinned (large); None on a
+        miss. A blob found missing or damaged is a miss, and its entry is forgotten.
+
+        Decided under the write lock, which every change to a row or a blob takes, so a
+        blob gone since ``peek`` looked (evicted, or the key recorded anew by another
+        process) is told apart from a damaged one. Callers try ``peek`` first.
+        """
+        with self._lock, self.index.transaction():
+            entry = self.index.get(key)
+            if entry is None:
+                return None
+            if entry.size <= self.small_body:
+                body = self._read(entry)
+                if body is not None:
+                    self.index.touch(key, time.time())
+                    return Replay(entry, body=body)
+            else:
+                f = self._open(entry)
+                if f is not None:
+                    token = secrets.token_hex(8)
+                    self.index.pin(token, key)
+                    self.index.touch(key, time.time())
+                    return Replay(entry, file=f, token=token)
+            self._delete(key)  # its blob is missing or damaged
+        return None
+
+    def _read(self, entry: Entry) -> bytes | None:
+        """A small entry's body; None when its blob is missing or not its size."""
+        try:
+            with self.blobs.open(entry.blob) as f:
+                body = f.read(entry.size + 1)
+        except FileNotFoundError:
+            return None
+        return body if len(body) == entry.size else None
+
+    def _open(self, entry: Entry) -> BinaryIO | None:
+        """A large entry's blob, open; None when it is missing or not its size."""
+        try:
+            f = self.blobs.open(entry.blob)
+        except FileNotFoundError:
+            return None
+        if os.fstat(f.fileno()).st_size == entry.size:
+            return f
+        f.close()
         return None
 
     def close_replay(self, replay: Replay) -> None:
-        replay.file.close()
-        self.unpin(replay.token)
+        if replay.file is not None:
+            replay.file.close()
+        if replay.token:
+            self.unpin(replay.token)
 
     def unpin(self, token: str) -> None:
         with self._lock, self.index.transaction():

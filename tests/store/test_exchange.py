@@ -55,7 +55,8 @@ def _entries(tmp_path: Path) -> int:
 
 @pytest.mark.parametrize(
     ("path", "size"),
-    [("/bytes/0", 0), ("/bytes/1024", 1024), ("/bytes/67108864", 64 << 20),
+    [("/bytes/0", 0), ("/bytes/1024", 1024), ("/bytes/65536", 65536), ("/bytes/65537", 65537),
+     ("/bytes/67108864", 64 << 20),
      ("/chunked/300000", 300_000), ("/close/5000", 5000)],
 )  # fmt: skip
 def test_record_then_replay_offline(
