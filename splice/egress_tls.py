@@ -5,6 +5,13 @@ is the destination name (a hello without SNI is refused, never guessed), the por
 is the original destination's. The name and every resolved address pass the
 forward policy; TLS is spliced untouched (no MITM). Refusals are TLS alerts
 (``access_denied``).
+
+With the record/replay store on and ``intercept_tls``, the hello is only peeked at
+(``MSG_PEEK``): once the name passes, the socket, the hello still unread in it, goes to
+the store's path (``splice.exchange``), which terminates TLS as that name with the
+splice CA and records or replays the requests inside. In ``replay`` without
+interception nothing could be answered offline: the connection is refused (an
+``access_denied`` alert, TUNNEL_NOT_REPLAYABLE), never dialled.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from splice.egress.authority import normalise_host
-from splice.errors import ProtocolError
-from splice.forward_conn import addresses_now, check_name, pick_address
+from splice.errors import ProtocolError, RouteError
+from splice.forward_conn import addresses_now, check_name, hand_over, pick_address
 from splice.io.dial import original_destination
 from splice.relay import Key
 from splice.tls_conn import TlsConn
@@ -27,14 +34,45 @@ if TYPE_CHECKING:
     from splice.egress.policy import ForwardPolicy
 
 
+#: bytes peeked at for the hello: its 16 KiB bound, its record headers, a PROXY header
+_PEEK = 20 * 1024
+
+
 class EgressTlsConn(TlsConn):
-    __slots__ = ("original",)
+    __slots__ = ("intercept", "original")
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
     ) -> None:
         self.original = original_destination(client)
+        #: the store terminates this connection's TLS: the hello stays in the socket
+        self.intercept = ctx.store is not None and ctx.store.settings.intercept_tls
         super().__init__(ctx, client, peer, lc)
+
+    def client_readable(self) -> None:
+        if self.intercept and self.hello is None and not self.closed:
+            self._peek_hello()
+        else:
+            super().client_readable()
+
+    def _peek_hello(self) -> None:
+        """Look at the hello without taking it; a trusted front's PROXY header comes off
+        the socket for real (the TLS server must see the hello first)."""
+        try:
+            data = self.client.recv(_PEEK, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        if not data:
+            self.outcome = "CLIENT_CLOSED"
+            self.close()
+            return
+        self.inbuf[:] = data
+        if self.need_proxy:
+            if not self.take_proxy_header(self.inbuf):
+                return  # incomplete (wait for more), or refused (closed)
+            self.client.recv(len(data) - len(self.inbuf))
+        if not self._parse() and len(data) == _PEEK and not self.closed:
+            raise ProtocolError("the ClientHello is larger than splice reads")
 
     @classmethod
     def accept(
@@ -55,6 +93,16 @@ class EgressTlsConn(TlsConn):
         port = self.original[1] if self.original is not None else 443
         self.host, self.shed, self.port = f"{host}:{port}", host, port
         check_name(self.policy, host, port, self.peer[0], None)
+        store = self.ctx.store
+        if self.intercept:
+            hand_over(self, origin=("https", host, port))
+            return
+        if store is not None and store.settings.mode == "replay":
+            raise RouteError(
+                f"TLS to {host}:{port} cannot be replayed: it is not intercepted "
+                "(set [forward.store] intercept_tls = true to record HTTPS).",
+                code="TUNNEL_NOT_REPLAYABLE",
+            )
         addrs = addresses_now(self.ctx, self.policy, host)
         if addrs is not None:
             self._dial_checked(host, port, addrs)

@@ -1,11 +1,14 @@
-"""Forward-proxy connections with the record/replay store on: the asyncio path.
+"""Egress connections with the record/replay store on: the asyncio path.
 
-The engine hands over a client socket whose first request head it has read
-(``serve_forward_socket``). Absolute-form requests on a keep-alive connection are each
-keyed, replayed or forwarded per ``[forward.store] mode`` (``splice.store.serve``).
-``CONNECT`` with ``intercept_tls`` is answered 200 and terminated with a leaf from the
-splice CA; the requests inside are ``https://host:port/...``. Without interception a
-tunnel is spliced blind, but ``replay`` refuses it (403 TUNNEL_NOT_REPLAYABLE). The
+The engine hands over a client socket (``serve_forward_socket``): from a ``forward``
+listener with the first request head read, absolute-form requests each keyed, replayed
+or forwarded per ``[forward.store] mode`` (``splice.store.serve``); ``CONNECT`` with
+``intercept_tls`` answered 200 and terminated with a leaf from the splice CA, the
+requests inside being ``https://host:port/...``. Without interception a tunnel is
+spliced blind, but ``replay`` refuses it (403 TUNNEL_NOT_REPLAYABLE). The transparent
+listeners come with their ``origin``: ``egress-http`` as ``("http", "", port)``, each
+request's Host field naming the host; ``egress-tls`` (intercepted, its ClientHello
+still unread in the socket) as ``("https", sni, port)``, terminated here first. The
 policy runs before every dial (``policy_gate``), its name check before replays too.
 """
 
@@ -43,18 +46,34 @@ Origin = tuple[str, str, int]
 
 
 async def serve_forward_socket(
-    sock: socket.socket, *, first_head: bytes, leftover: bytes = b"", **kwargs: Any
+    sock: socket.socket, *, first_head: bytes = b"", leftover: bytes = b"", **kwargs: Any
 ) -> None:
     """Serve a detached client socket; ``kwargs`` as for ``serve_forward_stream``.
 
     The streams are made with a connected-callback, as ``asyncio.start_server`` does,
     because ``StreamWriter.start_tls`` only takes the server side of TLS for those.
+    An intercepted egress-tls connection (an https ``origin``) is terminated as the
+    socket is taken: its ClientHello is still unread in it, and a plain transport would
+    read it as data before TLS could start.
     """
     loop = asyncio.get_running_loop()
     made: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: made.append((r, w)), loop=loop)
-    await loop.connect_accepted_socket(lambda: protocol, sock)
+    origin: Origin | None = kwargs.get("origin")
+    tls = None
+    if origin is not None and origin[0] == "https":
+        ca = kwargs["runtime"].ca
+        assert ca is not None, "StoreRuntime.open loads the CA with intercept_tls"
+        tls = ca.server_context(origin[1])
+    try:
+        await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=tls,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
+        )  # fmt: skip
+    except (OSError, TimeoutError):  # the client broke off the TLS handshake
+        sock.close()
+        return
     r, w = made[0]  # the callback ran in connection_made, synchronously
     await serve_forward_stream(r, w, first_head=first_head, leftover=leftover, **kwargs)
 
@@ -68,12 +87,16 @@ async def serve_forward_stream(
     policy_gate: AddressGate,
     client_ip: str,
     leftover: bytes = b"",
+    origin: Origin | None = None,
     name_gate: NameGate | None = None,
     users: Mapping[str, str] | None = None,
     idle_timeout: float = 600.0,
     connect_timeout: float = 5.0,
 ) -> None:
-    """Serve one client connection until it closes, errs or idles out. Never raises."""
+    """Serve one client connection until it closes, errs or idles out. Never raises.
+
+    ``origin``: a transparent listener's (see the module docstring); None for a proxy.
+    """
     stream = HttpStream(reader, writer, h11.SERVER)
     stream.feed(first_head + leftover)
     cx = Client(
@@ -88,16 +111,16 @@ async def serve_forward_stream(
         connect_timeout=connect_timeout,
     )
     try:
-        await _guarded(cx)
+        await _guarded(cx, origin)
     finally:
         await cx.upstreams.close()
         await cx.stream.close()
 
 
-async def _guarded(cx: Client) -> None:
+async def _guarded(cx: Client, origin: Origin | None) -> None:
     """Serve; an error the client should hear about becomes its error page."""
     try:
-        await _serve_requests(cx, None)
+        await _serve_requests(cx, origin)
     except SpliceError as e:
         await _fail(cx, e)
     except h11.RemoteProtocolError as e:
@@ -155,6 +178,9 @@ async def _incoming(cx: Client, req: h11.Request, origin: Origin | None) -> Inco
         if scheme != "http":
             raise ProtocolError("a proxy request needs an http:// URL; https goes through CONNECT")
         await _authenticate(cx, req)
+    elif not origin[1]:  # egress-http: the Host field names the host
+        scheme, host, port, path = _transparent(req, origin)
+        await _authenticate(cx, req)  # as the engine would: users hold for every mode
     elif target.startswith(b"/"):
         (scheme, host, port), path = origin, target.decode("latin-1")
     else:
@@ -172,6 +198,22 @@ async def _incoming(cx: Client, req: h11.Request, origin: Origin | None) -> Inco
         url=normalise_url(scheme, host, port, path),
         headers=list(req.headers.raw_items()),
     )
+
+
+def _transparent(req: h11.Request, origin: Origin) -> tuple[str, str, int, str]:
+    """A request REDIRECTed to egress-http: the host from its Host field (the URL's, if
+    absolute-form), the port the connection was going to (else the field's, or 80)."""
+    if req.target.startswith(b"/"):
+        field = first_field(req.headers.raw_items(), b"host")
+        if not field:
+            raise ProtocolError("the request names no host")
+        host, port = parse_authority(field, 80)
+        path = req.target.decode("latin-1")
+    else:
+        scheme, host, port, path = split_absolute(req.target)
+        if scheme != origin[0]:
+            raise ProtocolError(f"an {origin[0]} connection cannot carry {scheme} requests")
+    return origin[0], host, origin[2] or port, path
 
 
 async def _authenticate(cx: Client, req: h11.Request) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import re
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
@@ -29,7 +29,7 @@ from splice.egress.passwords import authenticate
 from splice.errors import ProtocolError, RouteError, SpliceError
 from splice.http_conn import TUNNEL, HttpConn
 from splice.io.dial import original_destination
-from splice.relay import Key
+from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
 from splice.routing.route import split_absolute_form
 from splice.wire.http_head import Head
@@ -87,7 +87,7 @@ class ForwardConn(HttpConn):
         if self.up_done or self.ctx.draining:
             self.close()
             return
-        if self.ctx.store is not None and self.original is None and self.up is None:
+        if self.ctx.store is not None and self.up is None:
             self._hand_over(head)
             return
         try:
@@ -111,21 +111,12 @@ class ForwardConn(HttpConn):
         The connection leaves the zero-copy engine for good and is served on asyncio
         streams by ``splice.exchange`` (which applies the same destination policy).
         """
-        from splice.exchange import policy_gates, serve_forward_socket
-
-        ctx, policy, leftover = self.ctx, self.policy, bytes(self.inbuf)
-        name_gate, policy_gate = policy_gates(ctx, policy)
-        sock = self.detach()
-        task = ctx.loop.create_task(
-            serve_forward_socket(
-                sock, first_head=head.raw, leftover=leftover, runtime=ctx.store,
-                policy_gate=policy_gate, name_gate=name_gate, client_ip=self.peer[0],
-                users=policy.users, idle_timeout=ctx.cfg.idle_timeout,
-                connect_timeout=policy.connect_timeout,
-            )
-        )  # fmt: skip
-        ctx.handed.add(task)
-        task.add_done_callback(ctx.handed.discard)
+        # egress-http: each request's Host names the host, the port is where the
+        # connection was going (none when it was not REDIRECTed: the Host field's)
+        port = self.original[1] if self.original else 0
+        origin = ("http", "", port) if self.lc.mode == "egress-http" else None
+        hand_over(self, first_head=head.raw, leftover=bytes(self.inbuf), origin=origin,
+                  users=self.policy.users)  # fmt: skip
 
     def _destination(self, head: Head) -> tuple[str, int, bytes]:
         """(host, port, head to send) for this request; an empty head means CONNECT."""
@@ -240,6 +231,28 @@ class ForwardConn(HttpConn):
 
     def idle_timeout(self) -> float:
         return self.ctx.cfg.idle_timeout
+
+
+def hand_over(conn: Relay, **serve: Any) -> None:
+    """Give ``conn``'s client to the record/replay path (``splice.exchange``) for good:
+    the one place splice must see the bytes, served on asyncio streams with the same
+    destination policy. ``serve``: what ``serve_forward_stream`` takes besides."""
+    from splice.exchange import policy_gates, serve_forward_socket
+
+    ctx, fw = conn.ctx, conn.ctx.cfg.forward
+    assert ctx.store is not None and fw is not None
+    name_gate, policy_gate = policy_gates(ctx, fw)
+    client_ip = conn.peer[0]
+    sock = conn.detach()
+    task = ctx.loop.create_task(
+        serve_forward_socket(
+            sock, runtime=ctx.store, policy_gate=policy_gate, name_gate=name_gate,
+            client_ip=client_ip, idle_timeout=ctx.cfg.idle_timeout,
+            connect_timeout=fw.connect_timeout, **serve,
+        )
+    )  # fmt: skip
+    ctx.handed.add(task)
+    task.add_done_callback(ctx.handed.discard)
 
 
 def check_name(policy: ForwardPolicy, host: str, port: int, client: str, user: str | None) -> None:

@@ -129,11 +129,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class Origin:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, tls: ssl.SSLContext | None = None, address: tuple[str, int] = ("127.0.0.1", 0)
+    ) -> None:
         self.tls = tls
         self.hits: Counter[str] = Counter()
         self.conns: set[socket.socket] = set()
-        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server = _Server(address, _Handler)
         self.server.origin = self
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)

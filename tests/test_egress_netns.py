@@ -40,6 +40,8 @@ from egress_peers import (
 )
 from tls_peers import Certs
 
+from splice.ca import init_ca
+
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 GATEWAY, SANDBOX = "10.230.0.1", "10.230.0.2"
@@ -138,24 +140,7 @@ def _redirect(nss: Namespaces, gateway: str, rules: list[tuple[int, int]]) -> No
 
 
 def _build(nss: Namespaces, tmp: Path) -> Net:
-    sandbox, gateway, outside = nss.add("sb"), nss.add("gw"), nss.add("out")
-    nss.link(gateway, "vsb", f"{GATEWAY}/24", sandbox, "eth0", f"{SANDBOX}/24")
-    nss.link(gateway, "vout", f"{GATEWAY_OUT}/24", outside, "eth0", f"{OUTSIDE}/24")
-    sh("ip", "-n", sandbox, "route", "add", "default", "via", GATEWAY)
-    # the gateway must not route between its veths: splice is the only way across
-    sh(*nss.prefix(gateway), "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
-    forwarding = nss.run(gateway, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
-    assert forwarding == b"0"
-    _redirect(nss, gateway, [(80, 8080), (8081, 8080), (443, 8443)])
-
-    certs = egress_certs(tmp, "mirror.test", "denied.test")
-    log, ready = tmp / "outside.jsonl", tmp / "outside.ready"
-    nss.popen(outside, sys.executable, "-c", OUTSIDE_SERVER, str(log), str(ready),
-              str(certs.cert_pem), str(certs.key_pem), OUTSIDE)  # fmt: skip
-    deadline = time.monotonic() + 15
-    while not ready.exists():
-        assert time.monotonic() < deadline, "the outside servers did not start"
-        time.sleep(0.05)
+    sandbox, gateway, outside, certs, log, _ = _topology(nss, tmp)
     cfg = {
         "listen": [
             {"address": f"{GATEWAY}:3128", "mode": "forward"},
@@ -171,6 +156,31 @@ def _build(nss: Namespaces, tmp: Path) -> Net:
     }
     splice = EgressSplice(cfg, tmp, prefix=nss.prefix(gateway), name="gateway")
     return Net(nss, sandbox, gateway, outside, certs, splice, log)
+
+
+def _topology(
+    nss: Namespaces, tmp: Path
+) -> tuple[str, str, str, Certs, Path, subprocess.Popen[bytes]]:
+    """The three namespaces, the REDIRECT rules and the outside servers (running)."""
+    sandbox, gateway, outside = nss.add("sb"), nss.add("gw"), nss.add("out")
+    nss.link(gateway, "vsb", f"{GATEWAY}/24", sandbox, "eth0", f"{SANDBOX}/24")
+    nss.link(gateway, "vout", f"{GATEWAY_OUT}/24", outside, "eth0", f"{OUTSIDE}/24")
+    sh("ip", "-n", sandbox, "route", "add", "default", "via", GATEWAY)
+    # the gateway must not route between its veths: splice is the only way across
+    sh(*nss.prefix(gateway), "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
+    forwarding = nss.run(gateway, "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip()
+    assert forwarding == b"0"
+    _redirect(nss, gateway, [(80, 8080), (8081, 8080), (443, 8443)])
+
+    certs = egress_certs(tmp, "mirror.test", "denied.test")
+    log, ready = tmp / "outside.jsonl", tmp / "outside.ready"
+    server = nss.popen(outside, sys.executable, "-c", OUTSIDE_SERVER, str(log), str(ready),
+                       str(certs.cert_pem), str(certs.key_pem), OUTSIDE)  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the outside servers did not start"
+        time.sleep(0.05)
+    return sandbox, gateway, outside, certs, log, server
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +294,73 @@ def test_the_sandbox_has_no_other_way_out(net: Net) -> None:
     # and splice refuses to carry it: 8000 is not a listed port
     _refused(net.curl("http://mirror.test:8000/file", proxy=True), 403, "PORT_DENIED",
              "rule 'ports'")  # fmt: skip
+
+
+def test_a_sandbox_records_every_egress_path_then_replays_them_with_outside_gone(
+    tmp_path: Path,
+) -> None:
+    """The record/replay store (issue 11) in the same topology: a first sandbox run
+    records through the proxy (http, intercepted CONNECT) and through REDIRECT
+    (egress-http, intercepted egress-tls); the outside servers are killed; a second run,
+    splice now in ``replay``, gets the same bytes with no packet leaving the gateway."""
+    if os.geteuid() != 0:
+        pytest.fail("this test builds network namespaces and must run as root (CI does)")
+    nss = Namespaces()
+    splice: EgressSplice | None = None
+    try:
+        sandbox, gateway, _, certs, log, server = _topology(nss, tmp_path)
+        splice_ca = init_ca(tmp_path / "ca")
+        cfg: dict[str, Any] = {
+            "listen": [
+                {"address": f"{GATEWAY}:3128", "mode": "forward"},
+                {"address": f"{GATEWAY}:8080", "mode": "egress-http"},
+                {"address": f"{GATEWAY}:8443", "mode": "egress-tls"},
+            ],
+            "forward": {
+                "allow": ["mirror.test"],
+                "ports": [80, 443],
+                "hosts": {"mirror.test": OUTSIDE},
+                "trust_bundle": str(certs.ca_pem),
+            },
+        }
+        store = {"path": str(tmp_path / "store"), "intercept_tls": True, "ca": str(tmp_path / "ca")}
+        trust = ("--cacert", str(splice_ca))
+        runs = [  # (curl arguments, through the proxy, the body outside sends)
+            (("http://mirror.test/file",), True, file_body(80)),
+            ((*trust, "https://mirror.test/file"), True, file_body(443)),
+            (("--resolve", f"mirror.test:80:{OUTSIDE}", "http://mirror.test/file"), False,
+             file_body(80)),
+            ((*trust, "--resolve", f"mirror.test:443:{OUTSIDE}", "https://mirror.test/file"),
+             False, file_body(443)),
+        ]  # fmt: skip
+
+        def sandbox_run(mode: str) -> list[CurlResult]:
+            nonlocal splice
+            cfg["forward"]["store"] = {**store, "mode": mode}
+            splice = EgressSplice(cfg, tmp_path, prefix=nss.prefix(gateway), name=mode)
+            env_proxy = {"http_proxy": PROXY, "https_proxy": PROXY}
+            try:
+                return [
+                    curl("--connect-timeout", "3", *args, prefix=nss.prefix(sandbox),
+                         env=env_proxy if proxy else {})
+                    for args, proxy, _ in runs
+                ]  # fmt: skip
+            finally:
+                assert splice.stop() == 0, splice.stderr
+                splice = None
+
+        for (args, _, body), r in zip(runs, sandbox_run("record"), strict=True):
+            assert (r.returncode, r.status, r.body) == (0, 200, body), (args, r.stderr)
+        recorded = len(log.read_text().splitlines())
+        assert recorded == 4
+        server.kill()
+        server.wait(10)
+        for (args, _, body), r in zip(runs, sandbox_run("replay"), strict=True):
+            assert (r.returncode, r.status, r.body) == (0, 200, body), (args, r.stderr)
+            assert r.header("x-splice-replay") == "hit", args
+        assert len(log.read_text().splitlines()) == recorded
+    finally:
+        if splice is not None:
+            splice.stop()
+        nss.close()
+        assert nss.remaining() == [], "namespaces left behind"

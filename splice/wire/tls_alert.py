@@ -41,6 +41,7 @@ _ALERT_FOR_CODE: dict[str, AlertDescription] = {
     "DESTINATION_DENIED": AlertDescription.access_denied,
     "PORT_DENIED": AlertDescription.access_denied,
     "PRIVATE_ADDRESS": AlertDescription.access_denied,
+    "TUNNEL_NOT_REPLAYABLE": AlertDescription.access_denied,
 }
 
 
