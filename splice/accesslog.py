@@ -3,6 +3,8 @@
 A ``logging`` call per connection costs 10-20 µs, as much as the rest of the
 connection; so lines are formatted into a list and written by a periodic flush
 (every ``FLUSH_EVERY`` seconds, and at shutdown). No payload byte is ever logged.
+Egress connections add who and where: the listener mode, the proxy user, the address
+dialled and the policy rule that allowed or refused the (last) destination.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from typing import TextIO
 
 #: how stale a line may be before it reaches the log
 FLUSH_EVERY = 0.25
+#: an egress connection's (mode, proxy user, address dialled, policy rule); "" or None: -
+Egress = tuple[str, str | None, str, str | None]
+
+
+def _word(value: str | None) -> str:
+    """One space-free token of a text line: ``-`` for nothing, JSON-quoted if needed."""
+    if not value:
+        return "-"
+    return value if value.isprintable() and " " not in value else json.dumps(value)
 
 
 class AccessLog:
@@ -32,6 +43,7 @@ class AccessLog:
         down: int,
         ms: float,
         outcome: str,
+        egress: Egress | None = None,
     ) -> None:
         if self.json:
             rec = {
@@ -39,11 +51,17 @@ class AccessLog:
                 "shed": shed, "port": port, "bytes_up": up, "bytes_down": down,
                 "ms": round(ms, 2), "outcome": outcome,
             }  # fmt: skip
+            if egress is not None:
+                rec |= dict(zip(("mode", "user", "dst", "rule"), egress, strict=True))
             self._lines.append(json.dumps(rec))
             return
+        who = ""
+        if egress is not None:
+            mode, user, dst, rule = (_word(v) for v in egress)
+            who = f"mode={mode} user={user} dst={dst} rule={rule} "
         self._lines.append(
             f"access {client[0]}:{client[1]} host={host or '-'} shed={shed or '-'} "
-            f"port={port or '-'} up={up} down={down} ms={ms:.2f} {outcome}"
+            f"port={port or '-'} up={up} down={down} ms={ms:.2f} {who}{outcome}"
         )
 
     def flush(self) -> None:

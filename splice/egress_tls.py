@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from splice.egress.authority import normalise_host
 from splice.errors import ProtocolError, RouteError
-from splice.forward_conn import addresses_now, check_name, hand_over, pick_address
+from splice.forward_conn import addresses_now, checked_by, hand_over, pick_address
 from splice.io.dial import original_destination
 from splice.relay import Key
 from splice.tls_conn import TlsConn
@@ -39,12 +39,14 @@ _PEEK = 20 * 1024
 
 
 class EgressTlsConn(TlsConn):
-    __slots__ = ("intercept", "original")
+    __slots__ = ("intercept", "original", "rule")
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
     ) -> None:
         self.original = original_destination(client)
+        #: the policy rule that decided (access log)
+        self.rule: str | None = None
         #: the store terminates this connection's TLS: the hello stays in the socket
         self.intercept = ctx.store is not None and ctx.store.settings.intercept_tls
         super().__init__(ctx, client, peer, lc)
@@ -92,7 +94,7 @@ class EgressTlsConn(TlsConn):
         host = normalise_host(hello.server_name)
         port = self.original[1] if self.original is not None else 443
         self.host, self.shed, self.port = f"{host}:{port}", host, port
-        check_name(self.policy, host, port, self.peer[0], None)
+        checked_by(self, host, port, None)
         store = self.ctx.store
         if self.intercept:
             hand_over(self, origin=("https", host, port))

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from splice.config import ListenConfig
     from splice.context import Context
     from splice.egress.policy import ForwardPolicy
+    from splice.egress_tls import EgressTlsConn
 
 #: what a client that sent CONNECT gets once the destination accepted
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -64,7 +65,7 @@ class _Verify(Exception):
 class ForwardConn(HttpConn):
     #: origins are not pooled: each request is checked against the policy and dialled
     POOL_UPSTREAMS = False
-    __slots__ = ("original", "tunnel")
+    __slots__ = ("original", "rule", "tunnel", "user")
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -73,6 +74,9 @@ class ForwardConn(HttpConn):
         self.tunnel = False
         #: where an intercepted connection was going (egress-http), else None
         self.original: tuple[str, int] | None = None
+        #: the proxy user and the policy rule that decided the last request (access log)
+        self.user: str | None = None
+        self.rule: str | None = None
         if lc.mode == "egress-http":
             self.original = original_destination(client)
         super().__init__(ctx, client, peer, lc)
@@ -95,9 +99,10 @@ class ForwardConn(HttpConn):
         except _Verify as v:
             self._verify(v.header, head)
             return
+        self.user = user
         host, port, raw = self._destination(head)
         self.host, self.shed, self.port = f"{host}:{port}", host, port
-        check_name(self.policy, host, port, self.peer[0], user)
+        checked_by(self, host, port, user)
         addrs = addresses_now(self.ctx, self.policy, host)
         if addrs is not None:
             self._checked(host, port, addrs, raw)
@@ -255,16 +260,39 @@ def hand_over(conn: Relay, **serve: Any) -> None:
     task.add_done_callback(ctx.handed.discard)
 
 
-def check_name(policy: ForwardPolicy, host: str, port: int, client: str, user: str | None) -> None:
-    """The name-level policy check. Raises RouteError naming the rule that refused."""
+class Refused(RouteError):
+    """The policy refused a name; ``rule`` is what refused it (for the access log)."""
+
+    def __init__(self, rule: str, message: str, *, code: str, host: str, port: int) -> None:
+        super().__init__(message, code=code, shed=host, port=port)
+        self.rule = rule
+
+
+def check_name(policy: ForwardPolicy, host: str, port: int, client: str, user: str | None) -> str:
+    """The name-level policy check: the rule that allowed ``host:port``.
+
+    Raises:
+        Refused: naming the rule that refused it.
+    """
     decision = policy.decide(host, port, client_ip=client, user=user)
     if not decision.allowed:
-        raise RouteError(
+        raise Refused(
+            decision.rule,
             f"{host}:{port} is not allowed (rule {decision.rule!r}).",
             code=decision.code or "DESTINATION_DENIED",
-            shed=host,
+            host=host,
             port=port,
         )
+    return decision.rule
+
+
+def checked_by(conn: ForwardConn | EgressTlsConn, host: str, port: int, user: str | None) -> None:
+    """``check_name`` for a connection, which keeps the deciding rule for its access line."""
+    try:
+        conn.rule = check_name(conn.policy, host, port, conn.peer[0], user)
+    except Refused as e:
+        conn.rule = e.rule
+        raise
 
 
 def addresses_now(ctx: Context, policy: ForwardPolicy, host: str) -> tuple[str, ...] | None:

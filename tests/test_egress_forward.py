@@ -352,6 +352,23 @@ def test_the_right_password_is_let_through_and_not_passed_on(gw: Gateway) -> Non
     assert (r.transfers, r.status, r.body) == ([(200, 1)], 200, b"hello over tls\n")
 
 
+def test_the_access_line_names_mode_user_address_and_the_deciding_rule(gw: Gateway) -> None:
+    proxy = f"http://alice:{QUOTED}@{LOOP}:{gw.auth.port}"
+    r = curl("-x", proxy, f"http://a.test:{gw.a.port}/logged")
+    assert r.status == 200, r.stderr
+    line = gw.auth.wait_line(f"host=a.test:{gw.a.port} ")
+    assert f" mode=forward user=alice dst={LOOP}:{gw.a.port} rule=a.test OK" in line, line
+    r = curl("-x", f"http://{LOOP}:{gw.strict.port}", "http://bad.allowed.test/")
+    assert r.status == 403
+    line = gw.strict.wait_line("host=bad.allowed.test:80 ")
+    assert line.endswith(" mode=forward user=- dst=- rule=bad.allowed.test DESTINATION_DENIED")
+    ctx = gw.certs.client_context(check_hostname=False)
+    ctx.verify_mode = ssl.CERT_NONE
+    handshake_error(ctx, gw.strict.ports[1], "elsewhere.test")
+    line = gw.strict.wait_line("host=elsewhere.test:443 ")
+    assert line.endswith(" mode=egress-tls user=- dst=- rule=default DESTINATION_DENIED"), line
+
+
 def test_a_body_sent_while_the_credentials_are_verified_arrives_intact(gw: Gateway) -> None:
     # a scheme spelt "basic" is a Proxy-Authorization value not verified before: the
     # request waits for scrypt in a thread while its body is already here
