@@ -95,8 +95,15 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_egress_http_records_then_replays_offline(tmp_path: Path) -> None:
-    origin = Origin(address=(TLS_ORIGIN, 0))
+@pytest.fixture
+def http_origin() -> Iterator[Origin]:
+    o = Origin(address=(TLS_ORIGIN, 0))
+    yield o
+    o.stop()  # again, if a test failed before it stopped it
+
+
+def test_egress_http_records_then_replays_offline(tmp_path: Path, http_origin: Origin) -> None:
+    origin = http_origin
     host = f"origin.test:{origin.port}"
     url = f"http://127.0.0.1:{{port}}/bytes/{100_000}"
     out = tmp_path / "body"
