@@ -4,7 +4,8 @@ A ``logging`` call per connection costs 10-20 µs, as much as the rest of the
 connection; so lines are formatted into a list and written by a periodic flush
 (every ``FLUSH_EVERY`` seconds, and at shutdown). No payload byte is ever logged.
 Egress connections add who and where: the listener mode, the proxy user, the address
-dialled and the policy rule that allowed or refused the (last) destination.
+dialled and the policy rule that allowed or refused the (last) destination. Requests
+served by the record/replay store get a ``store`` line each: what the store did.
 """
 
 from __future__ import annotations
@@ -62,6 +63,32 @@ class AccessLog:
         self._lines.append(
             f"access {client[0]}:{client[1]} host={host or '-'} shed={shed or '-'} "
             f"port={port or '-'} up={up} down={down} ms={ms:.2f} {who}{outcome}"
+        )
+
+    def exchange(
+        self,
+        client: str,
+        host: str,
+        port: int,
+        mode: str,
+        user: str | None,
+        key: str,
+        ms: float,
+        outcome: str,
+    ) -> None:
+        """One request of the record/replay store: HIT, RECORDED, FORWARDED or an error
+        code, and the key's first 12 digits (``splice store show`` takes a prefix)."""
+        if self.json:
+            rec = {
+                "ts": round(time.time(), 3), "store": True, "client": client, "host": host,
+                "port": port, "mode": mode, "user": user, "key": key[:12], "ms": round(ms, 2),
+                "outcome": outcome,
+            }  # fmt: skip
+            self._lines.append(json.dumps(rec))
+            return
+        self._lines.append(
+            f"store {client} host={host or '-'} port={port or '-'} mode={mode} "
+            f"user={_word(user)} key={key[:12] or '-'} ms={ms:.2f} {outcome}"
         )
 
     def flush(self) -> None:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import h11
 
+from splice.accesslog import AccessLog
 from splice.egress.authority import parse_authority
 from splice.egress.passwords import authenticate
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
@@ -92,10 +94,13 @@ async def serve_forward_stream(
     users: Mapping[str, str] | None = None,
     idle_timeout: float = 600.0,
     connect_timeout: float = 5.0,
+    access: AccessLog | None = None,
+    mode: str = "forward",
 ) -> None:
     """Serve one client connection until it closes, errs or idles out. Never raises.
 
     ``origin``: a transparent listener's (see the module docstring); None for a proxy.
+    ``access``, ``mode``: each request gets a ``store`` access line, naming the mode.
     """
     stream = HttpStream(reader, writer, h11.SERVER)
     stream.feed(first_head + leftover)
@@ -109,6 +114,8 @@ async def serve_forward_stream(
         users=users or None,
         timeout=idle_timeout,
         connect_timeout=connect_timeout,
+        access=access,
+        mode=mode,
     )
     try:
         await _guarded(cx, origin)
@@ -158,12 +165,23 @@ async def _serve_requests(cx: Client, origin: Origin | None) -> None:
                 raise ProtocolError("CONNECT inside a tunnel")
             await _connect(cx, event)
             return
-        inc = await _incoming(cx, event, origin)
+        t0, inc, outcome, where = time.monotonic(), None, "RESET", ("", 0)
         try:
-            await read_body(cx.stream, inc, cx.timeout)
-            await answer(cx, inc)
+            inc = await _incoming(cx, event, origin)
+            try:
+                await read_body(cx.stream, inc, cx.timeout)
+                outcome = await answer(cx, inc)
+            finally:
+                inc.body.close()
+        except SpliceError as e:  # a refused name is a RouteError naming host and port
+            outcome, where = e.code, (e.shed or "", e.port or 0)
+            raise
         finally:
-            inc.body.close()
+            if cx.access is not None:
+                host, port = (inc.host, inc.port) if inc is not None else where
+                ms = (time.monotonic() - t0) * 1000.0
+                key = "" if inc is None else inc.key
+                cx.access.exchange(cx.client_ip, host, port, cx.mode, cx.user, key, ms, outcome)
         conn = cx.stream.conn
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return

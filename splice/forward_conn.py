@@ -253,7 +253,7 @@ def hand_over(conn: Relay, **serve: Any) -> None:
         serve_forward_socket(
             sock, runtime=ctx.store, policy_gate=policy_gate, name_gate=name_gate,
             client_ip=client_ip, idle_timeout=ctx.cfg.idle_timeout,
-            connect_timeout=fw.connect_timeout, **serve,
+            connect_timeout=fw.connect_timeout, access=ctx.access, mode=conn.lc.mode, **serve,
         )
     )  # fmt: skip
     ctx.handed.add(task)

@@ -111,8 +111,10 @@ def test_egress_http_records_then_replays_offline(tmp_path: Path, http_origin: O
     try:
         r = curl("-H", f"Host: {host}", "-o", str(out), url.format(port=rec.port))
     finally:
-        rec.stop()
+        log = rec.stop()
     assert r.stdout.endswith("200"), r.stderr
+    line = f"store 127.0.0.1 host=origin.test port={origin.port} mode=egress-http user=- key="
+    assert f"{line}" in log and log.count(" RECORDED\n") == 1, log
     assert "X-Splice-Replay" not in r.stdout and sha(out) == body_sha(100_000)
     origin.stop()
     play = Splice(tmp_path, "egress-http", "replay", [origin.port])
@@ -121,10 +123,11 @@ def test_egress_http_records_then_replays_offline(tmp_path: Path, http_origin: O
         miss = curl("-H", f"Host: {host}", "-o", os.devnull,
                     f"http://127.0.0.1:{play.port}/bytes/7")  # fmt: skip
     finally:
-        play.stop()
+        log = play.stop()
     assert hit.stdout.endswith("200") and "X-Splice-Replay: hit" in hit.stdout, hit
     assert sha(out) == body_sha(100_000)
     assert miss.stdout.endswith("504") and "X-Shed-Error: REPLAY_MISS" in miss.stdout, miss
+    assert log.count(" HIT\n") == 1 and log.count(" REPLAY_MISS\n") == 1, log
 
 
 @pytest.fixture

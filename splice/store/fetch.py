@@ -48,6 +48,8 @@ class Incoming:
     body: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(SPOOL_MEMORY))  # noqa: SIM115
     body_size: int = 0
     body_sha256: str = hashlib.sha256().hexdigest()
+    #: the store key, once ``answer`` has computed it (the access line names it)
+    key: str = ""
 
     @property
     def authority(self) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 import h11
 
+from splice.accesslog import AccessLog
 from splice.errors import BackendError
 from splice.store.blobs import BlobWriter
 from splice.store.fetch import Incoming, Upstreams, end_to_end, response_body
@@ -55,6 +56,9 @@ class Client:
     connect_timeout: float = 5.0
     #: the client went away while a recording it started was still being fetched
     gone: bool = False
+    #: where each request's line goes (None: access_log = false), and the listener mode
+    access: AccessLog | None = None
+    mode: str = "forward"
 
     async def deliver_head(self, head: h11.Response) -> None:
         """The response head, during a recording (which outlives the client)."""
@@ -79,23 +83,23 @@ def has_body(method: str, status: int) -> bool:
     return not (method == "HEAD" or status in (204, 304) or 100 <= status < 200)
 
 
-async def answer(cx: Client, inc: Incoming) -> None:
-    """Reply to ``inc`` per the store mode. Raises SpliceError (REPLAY_MISS...)."""
+async def answer(cx: Client, inc: Incoming) -> str:
+    """Reply to ``inc`` per the store mode: HIT, RECORDED or FORWARDED (for the access
+    line). Raises SpliceError (REPLAY_MISS...)."""
     s = cx.rt.settings
     material = key_material(
         s.match, method=inc.method, url=inc.url, body_sha256=inc.body_sha256, headers=inc.headers
     )
-    key = key_of(material)
+    key = inc.key = key_of(material)
     if s.replays and await replay(cx, inc, key):
-        return
+        return "HIT"
     if s.mode == "replay":
         raise BackendError(
             f"Nothing is recorded for {inc.method} {inc.url} (key {key}).", code="REPLAY_MISS"
         )
     if s.records:
-        await record(cx, inc, key, material)
-    else:
-        await forward(cx, inc, None)
+        return await record(cx, inc, key, material)
+    return await forward(cx, inc, None)
 
 
 def replay_fields(e: Entry, method: str) -> Fields:
@@ -136,7 +140,7 @@ async def replay(cx: Client, inc: Incoming, key: str) -> bool:
     return True
 
 
-async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) -> None:
+async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) -> str:
     """Fetch and record, once per key at a time; latecomers replay the recording."""
     flights = cx.rt.flights
     for _ in range(2):  # a failed leader leaves nothing to replay: then lead, once
@@ -145,19 +149,20 @@ async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) 
             break
         await asyncio.shield(flight)
         if await replay(cx, inc, key):
-            return
+            return "HIT"
     done = asyncio.get_running_loop().create_future()
     flights[key] = done
     try:
-        await forward(cx, inc, (key, material))
+        return await forward(cx, inc, (key, material))
     finally:
         if flights.get(key) is done:
             del flights[key]
         done.set_result(None)
 
 
-async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | None) -> None:
-    """Dial (after the policy), relay the response, and record it when ``rec`` is given."""
+async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | None) -> str:
+    """Dial (after the policy), relay the response, and record it when ``rec`` is given
+    (and its status is one worth keeping): RECORDED or FORWARDED."""
     addr = await cx.policy_gate(inc.host, inc.port, cx.client_ip, cx.user)
     up, resp = await cx.upstreams.fetch(inc, addr)
     keep = rec is not None and resp.status_code not in UNRECORDED
@@ -173,6 +178,7 @@ async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | N
         await up.close()
         raise ConnectionResetError("the client went away during the recording")
     await cx.upstreams.release(up, inc, addr)
+    return "RECORDED" if keep else "FORWARDED"
 
 
 async def _relay(
