@@ -1,4 +1,4 @@
-"""The access log: one line per connection, written in batches.
+"""The access log: one line per connection (and per store request), written in batches.
 
 A ``logging`` call per connection costs 10-20 µs, as much as the rest of the
 connection; so lines are formatted into a list and written by a periodic flush
