@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from splice.accesslog import AccessLog
-from splice.config import EGRESS_MODES, Config
+from splice.config import Config
 from splice.io.deadlines import Deadlines
 from splice.io.pipes import PipePool
 from splice.io.reactor import Reactor
@@ -132,14 +132,9 @@ class Context:
         self.metrics.closed(conn.shed, conn.outcome, conn.nup, conn.ndown)
         if self.access is not None:
             ms = (time.monotonic() - conn.t0) * 1000.0
-            mode = conn.lc.mode
-            egress = None
-            if mode in EGRESS_MODES:
-                user, rule = getattr(conn, "user", None), getattr(conn, "rule", None)
-                egress = (mode, user, conn.dst, rule)
             self.access.line(
                 conn.peer, conn.host, conn.shed, conn.port, conn.nup, conn.ndown, ms, conn.outcome,
-                egress,
+                conn.egress(),
             )  # fmt: skip
 
     def sweep_idle(self, now: float) -> None:

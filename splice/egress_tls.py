@@ -20,6 +20,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING
 
+from splice.accesslog import Egress
 from splice.egress.authority import normalise_host
 from splice.errors import ProtocolError, RouteError
 from splice.forward_conn import addresses_now, checked_by, hand_over, pick_address
@@ -51,6 +52,9 @@ class EgressTlsConn(TlsConn):
         self.intercept = ctx.store is not None and ctx.store.settings.intercept_tls
         super().__init__(ctx, client, peer, lc)
 
+    def egress(self) -> Egress:
+        return (self.lc.mode, None, self.dst, self.rule)
+
     def client_readable(self) -> None:
         if self.intercept and self.hello is None and not self.closed:
             self._peek_hello()
@@ -60,13 +64,8 @@ class EgressTlsConn(TlsConn):
     def _peek_hello(self) -> None:
         """Look at the hello without taking it; a trusted front's PROXY header comes off
         the socket for real (the TLS server must see the hello first)."""
-        try:
-            data = self.client.recv(_PEEK, socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        if not data:
-            self.outcome = "CLIENT_CLOSED"
-            self.close()
+        data = self.take(_PEEK, socket.MSG_PEEK)
+        if data is None:
             return
         self.inbuf[:] = data
         if self.need_proxy:

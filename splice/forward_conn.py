@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
+from splice.accesslog import Egress
 from splice.egress.addresses import dialable
 from splice.egress.authority import parse_authority, parse_ip_literal
 from splice.egress.passwords import authenticate
@@ -122,6 +123,9 @@ class ForwardConn(HttpConn):
         origin = ("http", "", port) if self.lc.mode == "egress-http" else None
         hand_over(self, first_head=head.raw, leftover=bytes(self.inbuf), origin=origin,
                   users=self.policy.users)  # fmt: skip
+
+    def egress(self) -> Egress:
+        return (self.lc.mode, self.user, self.dst, self.rule)
 
     def _destination(self, head: Head) -> tuple[str, int, bytes]:
         """(host, port, head to send) for this request; an empty head means CONNECT."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from splice.accesslog import Egress
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.io.dial import connect_result, open_connection
 from splice.io.flow import EOF, Flow
@@ -389,6 +390,10 @@ class Relay:
 
     def drain(self) -> None:
         """The server is stopping: finish what is in flight, take nothing new."""
+
+    def egress(self) -> Egress | None:
+        """What an egress listener's access line adds (mode, user, address, rule)."""
+        return None
 
     def proxy_version(self, shed: str) -> str | None:
         """The PROXY header version ``shed`` gets here (the shed's, else the listener's)."""

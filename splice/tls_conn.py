@@ -60,13 +60,8 @@ class TlsConn(Relay):
             self.stirred = True
             return
         while not self.closed:
-            try:
-                data = self.client.recv(_READ)
-            except BlockingIOError:
-                return
-            if not data:
-                self.outcome = "CLIENT_CLOSED"
-                self.close()
+            data = self.take(_READ)
+            if data is None:
                 return
             self.inbuf += data
             # bytes past the hello may wait in the socket with no edge to come:
@@ -74,6 +69,19 @@ class TlsConn(Relay):
             self.stirred = not (self.cshort and len(data) < _READ)
             if self._parse():
                 return
+
+    def take(self, size: int, flags: int = 0) -> bytes | None:
+        """Up to ``size`` bytes from the client; None when there are none yet, or when it
+        closed (then this connection is closed too)."""
+        try:
+            data = self.client.recv(size, flags)
+        except BlockingIOError:
+            return None
+        if not data:
+            self.outcome = "CLIENT_CLOSED"
+            self.close()
+            return None
+        return data
 
     def _parse(self) -> bool:
         """Take the PROXY header and the hello from ``inbuf``; True once routing began."""
