@@ -1,10 +1,14 @@
-"""The access log: one line per connection (and per store request), written in batches.
+"""The access log: a line per connection and target (and per store request), in batches.
+
+A connection gets one line, and one more each time its requests move to another
+target (``Context.run_ended``): a front's pooled keep-alive connection carries many
+sheds, and each is logged under its own name with its own bytes.
 
 A ``logging`` call per connection costs 10-20 µs, as much as the rest of the
 connection; so lines are formatted into a list and written by a periodic flush
 (every ``FLUSH_EVERY`` seconds, and at shutdown). No payload byte is ever logged.
 Egress connections add who and where: the listener mode, the proxy user, the address
-dialled and the policy rule that allowed or refused the (last) destination. Requests
+dialled and the policy rule that allowed or refused the destination. Requests
 served by the record/replay store get a ``store`` line each: what the store did.
 """
 

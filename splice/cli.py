@@ -175,12 +175,15 @@ def route_table(cfg: Config) -> str:
     lines.append(f"resolvers: {' -> '.join(cfg.resolver.chain)}   dial: {cfg.dial}")
     admin = f"{cfg.admin.host}:{cfg.admin.port}" if cfg.admin else "none"
     lines.append(f"workers: {cfg.workers}   log format: {cfg.log_format}   admin: {admin}")
+    # a TLS passthrough listener picks another default port (tls_port, 443): show it
+    tls = any(lc.mode == "tls-passthrough" for lc in cfg.listen)
     for name, shed in sorted(cfg.sheds.items()):
         pol = shed.policy
         default = pol.default_port or cfg.default_port
         ports = ", ".join(f"{d.port} ({d.label})" if d.label else str(d.port) for d in pol.ports)
+        tls_port = f"   tls: {pol.default_tls_port()}" if tls else ""
         lines.append(
-            f"  {name}.{base} -> {shed.address or '(resolved)'}:{default}"
+            f"  {name}.{base} -> {shed.address or '(resolved)'}:{default}{tls_port}"
             f"   ports: {ports or 'any'}   e.g. {canonical_label(name, default)}.{base}"
         )
     return "\n".join(lines)

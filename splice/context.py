@@ -27,6 +27,7 @@ from splice.routing.netset import NetSet
 from splice.routing.policy import DeclaredPort, ShedPolicy
 
 if TYPE_CHECKING:
+    from splice.relay import Run
     from splice.store.runtime import StoreRuntime
 
 #: how long we keep reading a client after an error page, so a RST does not eat it
@@ -129,6 +130,9 @@ class Context:
         for d in (self.head_deadlines, self.connect_deadlines, self.linger_deadlines):
             d.discard(conn)
         self.retire_deadlines.discard(conn)
+        prev = conn.prev
+        if prev is not None and prev[:3] != (conn.host, conn.shed, conn.port):
+            self.run_ended(conn, prev)  # the last request went elsewhere and ended here
         self.metrics.closed(conn.shed, conn.outcome, conn.nup, conn.ndown)
         if self.access is not None:
             ms = (time.monotonic() - conn.t0) * 1000.0
@@ -136,6 +140,25 @@ class Context:
                 conn.peer, conn.host, conn.shed, conn.port, conn.nup, conn.ndown, ms, conn.outcome,
                 conn.egress(),
             )  # fmt: skip
+
+    def run_ended(self, conn: Any, run: Run) -> None:
+        """``conn`` moved on from ``run``'s target: its bytes and access line, now.
+
+        A front that pools connections to splice (Caddy's keep-alive) sends requests
+        for many sheds down one connection; each run of requests to one target is
+        counted to that shed and logged on its own, so no shed's traffic is
+        reported under another's name.
+        """
+        host, shed, port, egress = run
+        up, down = conn.nup, conn.ndown
+        now = time.monotonic()
+        self.metrics.served(shed, up, down)
+        if self.access is not None:
+            ms = (now - conn.t0) * 1000.0
+            self.access.line(conn.peer, host, shed, port, up, down, ms, "OK", egress)
+        # what is reported is not reported again: the next line starts from here
+        conn.nup = conn.ndown = 0
+        conn.t0 = now
 
     def sweep_idle(self, now: float) -> None:
         """Close connections that moved no byte for their idle timeout."""

@@ -119,7 +119,9 @@ def _connections(s: Mapping[str, Any]) -> Iterator[Metric]:
     yield closed
     yield errors
     per_shed = CounterMetricFamily(
-        "splice_shed_connections", "Connections closed, per shed.", labels=["shed"]
+        "splice_shed_connections",
+        "Connections closed, or moved to another shed, per shed.",
+        labels=["shed"],
     )
     for shed, n in sorted(s.get("shed_conns", {}).items()):
         per_shed.add_metric([shed], n)

@@ -95,6 +95,7 @@ class ForwardConn(HttpConn):
         if self.ctx.store is not None and self.up is None:
             self._hand_over(head)
             return
+        self.moving()
         try:
             user = self._authenticate(head)
         except _Verify as v:

@@ -320,6 +320,10 @@ class HttpConn(Relay):
             self._forward_head(head.raw)  # same Host, same upstream: routed already
             return
         self.route_host = None
+        self.moving()
+        # until this request is routed it has no shed: a failure must not be logged
+        # (or counted) under the shed of the request before it
+        self.shed, self.port = "", 0
         if head.method == b"CONNECT":
             raise ProtocolError("CONNECT is not relayed to sheds", code="METHOD_NOT_ALLOWED")
         if head.target[:1] != b"/":
@@ -352,6 +356,7 @@ class HttpConn(Relay):
     def go(self, raw: bytes, key: Key, ep: Endpoint) -> None:
         """Send ``raw`` to ``key``'s upstream: the open one, or a new one after a retire."""
         if self.up is not None and not self.up_done and key == self.key:
+            self.prev = None  # the same target: the run goes on
             self._remember_route(raw)
             self._forward_head(raw)
             return

@@ -52,7 +52,12 @@ class Metrics:
         self.head_parse = Histogram()
 
     def closed(self, shed: str, outcome: str, up: int, down: int) -> None:
+        """A connection ended; ``up``/``down`` are its bytes since its last ``served``."""
         self.counts["closed:" + outcome] += 1
+        self.served(shed, up, down)
+
+    def served(self, shed: str, up: int, down: int) -> None:
+        """A run of requests to ``shed`` ended (a connection's last one, or it moved on)."""
         self.bytes_up += up
         self.bytes_down += down
         if shed:

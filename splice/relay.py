@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 _HANDSHAKE_READ = 16 * 1024
 # (shed, port, address, dial mode): requests with the same key can share an upstream
 Key = tuple[str, int, str | None, str]
+# (host, shed, port, egress fields): the target a run of requests on a connection reached
+Run = tuple[str, str, int, Egress | None]
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -78,6 +80,7 @@ class Relay:
         "outcome",
         "peer",
         "port",
+        "prev",
         "proxied_dst",
         "shed",
         "t0",
@@ -117,15 +120,19 @@ class Relay:
         self.client_done = False
         self.up_done = False
         self.closed = False
+        #: start of the span the next access line covers (the connection's, at first)
         self.t0 = time.monotonic()
         self.host = ""
         self.shed = ""
         self.port = 0
         self.dst = ""
         self.outcome = "OK"
-        #: payload bytes each way, summed over every upstream this connection used
+        #: payload bytes each way not reported yet, summed over the upstreams used
         self.nup = 0
         self.ndown = 0
+        #: the target of the run of requests before the one being routed; None while
+        #: the requests stay on one target (``moving``, ``Context.run_ended``)
+        self.prev: Run | None = None
         #: the shed whose per-shed connection count this connection holds
         self.counted: str | None = None
         #: perf_counter at dial, then at the last request sent (for first-byte latency)
@@ -269,6 +276,17 @@ class Relay:
             self.ndown += self.down.nbytes
             self.down.close()
         self.down = Flow(up, self.client, pool, arm)
+        prev = self.prev
+        if prev is not None:  # the earlier target's bytes are all counted by now
+            self.prev = None
+            if prev[:3] != (self.host, self.shed, self.port):
+                self.ctx.run_ended(self, prev)
+
+    def moving(self) -> None:
+        """A request is about to be routed: remember the target its predecessors
+        reached, whose run ends if this one goes elsewhere (its own access line)."""
+        if self.key is not None and self.prev is None:
+            self.prev = (self.host, self.shed, self.port, self.egress())
 
     def relay_only(self, fd: int) -> None:
         """``fd``'s events only move bytes from now on: give it a ``Side`` handler.

@@ -43,8 +43,10 @@ GOOD_TABLE = [
     "listen 127.0.0.1:8081 (http)",
     "listen ::1:8443 (tls-passthrough)",
     "resolvers: static   dial: direct",
-    "  alpha.srv.example.io -> 10.0.0.1:8080   ports: any   e.g. 8080-alpha.srv.example.io",
-    "  web-2.srv.example.io -> 10.0.0.2:3000   ports: 3000 (app), 9000"
+    # a tls-passthrough listener: each shed's TLS default port too
+    "  alpha.srv.example.io -> 10.0.0.1:8080   tls: 443   ports: any"
+    "   e.g. 8080-alpha.srv.example.io",
+    "  web-2.srv.example.io -> 10.0.0.2:3000   tls: 443   ports: 3000 (app), 9000"
     "   e.g. 3000-web-2.srv.example.io",
 ]
 
@@ -224,3 +226,17 @@ class TestPasswd:
             input="\n", capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert r.returncode == 1 and "empty" in r.stderr
+
+
+def test_the_route_table_shows_tls_ports_only_with_a_tls_listener(tmp_path: Path) -> None:
+    path = tmp_path / "splice.toml"
+    path.write_text(GOOD_CONFIG.replace('mode = "tls-passthrough"', 'mode = "http"'))
+    out = splice("check", "-c", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "  alpha.srv.example.io -> 10.0.0.1:8080   ports: any" in out.stdout
+    assert "tls:" not in out.stdout
+    path.write_text(
+        GOOD_CONFIG.replace("default_port = 8080", "default_port = 8080\ntls_port = 8443")
+    )
+    out = splice("check", "-c", str(path))
+    assert "  alpha.srv.example.io -> 10.0.0.1:8080   tls: 8443   ports: any" in out.stdout

@@ -22,6 +22,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,6 +368,34 @@ def test_the_access_line_names_mode_user_address_and_the_deciding_rule(gw: Gatew
     handshake_error(ctx, gw.strict.ports[1], "elsewhere.test")
     line = gw.strict.wait_line("host=elsewhere.test:443 ")
     assert line.endswith(" mode=egress-tls user=- dst=- rule=default DESTINATION_DENIED"), line
+
+
+def test_each_destination_on_one_keep_alive_proxy_connection_gets_its_own_line(
+    gw: Gateway,
+) -> None:
+    """An audit log names every destination: curl reuses one proxy connection for all
+    three URLs (a.test, b.test, a.test again), and each run gets a line of its own."""
+    a, b = f"a.test:{gw.a.port}", f"b.test:{gw.b.port}"
+    mark = len(gw.strict.lines)
+    r = curl("-x", gw.proxy, f"http://{a}/audit-1", f"http://{b}/audit-2", f"http://{a}/audit-3")
+    assert r.status == 200, r.stderr
+    deadline = time.monotonic() + 5.0
+    while True:
+        lines = [line for line in gw.strict.lines[mark:] if line.startswith("access ")]
+        if len(lines) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len({line.split()[1] for line in lines}) == 1, lines  # one client connection
+    want = [
+        f"host={a} shed=a.test port={gw.a.port} ",
+        f"host={b} shed=b.test port={gw.b.port} ",
+        f"host={a} shed=a.test port={gw.a.port} ",
+    ]
+    assert len(lines) == 3, lines
+    for line, expect in zip(lines, want, strict=True):
+        assert expect in line, line
+        assert " mode=forward user=- " in line and line.endswith(" OK"), line
+    assert f" dst={LOOP}:{gw.b.port} rule=b.test OK" in lines[1]
 
 
 def test_a_body_sent_while_the_credentials_are_verified_arrives_intact(gw: Gateway) -> None:

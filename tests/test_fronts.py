@@ -62,13 +62,20 @@ def _connections_after_stop(front: Front, splice: Splice) -> list[str]:
 
 
 def _assert_reused(lines: list[str], requests: int, front: Front) -> None:
-    conns = len(lines)
+    # a line per connection and per run of requests to one shed on it: the client
+    # address tells the connections apart
+    conns = len({line.split()[1] for line in lines})
     assert 0 < conns < requests, (
         f"{front.kind}: {conns} connections to splice for {requests} requests "
         f"(ratio {conns / requests:.3f}); the front did not reuse connections"
     )
     bad = [line for line in lines if not line.endswith(" OK")]
     assert not bad, f"{front.kind}: connections that did not end OK: {bad[:5]}"
+    # each line is one shed's: its Host and its shed agree, whatever the front pooled
+    mixed = [
+        line for line in lines if f" shed={line.split(' host=')[1].split('.')[0]} " not in line
+    ]
+    assert not mixed, f"{front.kind}: lines whose shed is not their Host's: {mixed[:5]}"
 
 
 def _assert_answer(answer: dict[str, object], shed: str, i: int, front: Front) -> None:

@@ -362,3 +362,34 @@ def test_pipelined_requests_ending_in_an_error_get_every_earlier_response_first(
             assert (resp.status, resp.header("x-shed-error")) == (200, None), resp.body[:200]
             assert resp.json()["target"] == f"/{i}"
         _check_error(c, status, code, shed_named)
+
+
+# -- what the access log says -----------------------------------------------------------------
+
+_LINE = re.compile(r"access \S+ host=(\S+) shed=(\S+) port=(\S+) up=(\d+) down=(\d+) ms=\S+ (\S+)$")
+
+
+def test_each_run_of_requests_to_one_target_gets_its_own_access_line(net: Net) -> None:
+    """One connection from a front that pools: alpha, alpha, beta, alpha, then a shed
+    that does not exist. Each target's bytes are its own; the failure names no shed."""
+    bodies = [b"a" * 5000, b"b" * 700, b"c" * 30_000, b"d" * 2000]
+    hosts = [ALPHA, ALPHA, BETA, ALPHA]
+    with net.splice.client() as c:
+        for host, body in zip(hosts, bodies, strict=True):
+            assert ask(c, post(host, body))["name"] in ("alpha", "beta")
+        c.send(get(f"nope.{DOMAIN}"))
+        assert_shed_error(c.read_response(), 404, "SHED_NOT_FOUND")
+    lines = [_LINE.search(line) for line in net.splice.wait_access(4)]
+    got = [(m[1], m[2], m[6]) for m in lines if m is not None]
+    assert got == [
+        (ALPHA, "alpha", "OK"),
+        (BETA, "beta", "OK"),
+        (ALPHA, "alpha", "OK"),
+        (f"nope.{DOMAIN}", "-", "SHED_NOT_FOUND"),
+    ]
+    ups = [int(m[4]) for m in lines if m is not None]
+    # the echo app answers with what it got: each line's bytes are its own requests'
+    assert 5700 < ups[0] < 6200 and 30_000 < ups[1] < 30_300 and 2000 < ups[2] < 2300
+    assert ups[3] == 0  # nothing of it reached a VM
+    assert all(int(m[5]) > 0 for m in lines[:3] if m is not None)
+    assert net.splice.access_lines()[4:] == []

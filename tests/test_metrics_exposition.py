@@ -219,3 +219,31 @@ def test_the_upstream_pool_is_counted(
     assert value(got, "splice_upstream_reused_total") == 3
     assert value(got, "splice_upstream_idle") == 1
     assert alpha.accepted == 1
+
+
+def test_a_keep_alive_connection_counts_each_sheds_bytes_to_that_shed(
+    running: Callable[..., OpsSplice], make_app: Callable[..., EchoApp]
+) -> None:
+    """A front (Caddy) pools connections to splice: one carries requests for many sheds."""
+    alpha, beta = make_app("alpha"), make_app("beta")
+    s = running({"alpha": shed(alpha), "beta": shed(beta)})
+    with RawClient(s.port) as c:
+        for host, size in (("alpha.test", 50_000), ("beta.test", 3_000), ("alpha.test", 7_000)):
+            c.send(post(host, b"x" * size))
+            assert c.read_response().status == 200
+    got = scrape_until(s, 1)
+    assert value(got, "splice_connections_closed_total", outcome="OK") == 1
+    # one count per run of requests to a shed: alpha, beta, alpha again
+    assert value(got, "splice_shed_connections_total", shed="alpha") == 2
+    assert value(got, "splice_shed_connections_total", shed="beta") == 1
+    alpha_up = value(got, "splice_shed_bytes_total", shed="alpha", direction="up")
+    beta_up = value(got, "splice_shed_bytes_total", shed="beta", direction="up")
+    assert 57_000 < alpha_up < 58_000
+    assert 3_000 < beta_up < 4_000
+    total = value(got, "splice_bytes_total", direction="up")
+    assert total == alpha_up + beta_up
+    downs = [
+        value(got, "splice_shed_bytes_total", shed=n, direction="down") for n in ("alpha", "beta")
+    ]
+    assert all(d > 0 for d in downs)
+    assert value(got, "splice_bytes_total", direction="down") == sum(downs)
