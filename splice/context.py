@@ -130,9 +130,7 @@ class Context:
         for d in (self.head_deadlines, self.connect_deadlines, self.linger_deadlines):
             d.discard(conn)
         self.retire_deadlines.discard(conn)
-        prev = conn.prev
-        if prev is not None and prev[:3] != (conn.host, conn.shed, conn.port):
-            self.run_ended(conn, prev)  # the last request went elsewhere and ended here
+        conn.settle_run()  # the last request went elsewhere and ended here
         self.metrics.closed(conn.shed, conn.outcome, conn.nup, conn.ndown)
         if self.access is not None:
             ms = (time.monotonic() - conn.t0) * 1000.0

@@ -276,8 +276,12 @@ class Relay:
             self.ndown += self.down.nbytes
             self.down.close()
         self.down = Flow(up, self.client, pool, arm)
+        self.settle_run()  # the earlier upstream's bytes are all counted by now
+
+    def settle_run(self) -> None:
+        """If the requests left the previous target, that run's line and bytes, now."""
         prev = self.prev
-        if prev is not None:  # the earlier target's bytes are all counted by now
+        if prev is not None:
             self.prev = None
             if prev[:3] != (self.host, self.shed, self.port):
                 self.ctx.run_ended(self, prev)
