@@ -1,5 +1,11 @@
 # splice — the two commands a fresh machine needs: `make demo` and `make test`.
-PYTHON ?= python3
+# The venv's interpreter: the distribution's /usr/bin/python3 when it is 3.11+ and can
+# make a venv (Debian's links libpython in and is built with PGO + LTO: ~20 % less user
+# CPU per request in splice than pyenv's default build; bench/README.md, "Which
+# Python"), else the first python3 on PATH. `make PYTHON=python3.12 ...` overrides.
+PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
+	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; exit; }; done; echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

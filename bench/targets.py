@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.proc import Managed, StartError, free_ports, tree, wait_port
+from bench.proc import Managed, StartError, free_ports, interpreter, tree, wait_port
 
 DOMAIN = "bench.test"
 HOST = f"alpha.{DOMAIN}"  # the shed serving /small and /big (and TLS)
@@ -308,6 +308,8 @@ class Splice(Target):
     def __init__(self, name: str = "splice", *, only: tuple[str, ...] | None = None) -> None:
         super().__init__(name, tls_how="tls-passthrough (SNI)" if self.with_tls else None)
         self.only = only
+        #: the interpreter the splice process runs on (bench.proc.interpreter), once seen
+        self.python = ""
 
     def missing(self) -> str | None:
         if importlib.util.find_spec("splice") is None:
@@ -363,7 +365,10 @@ default_port = {be.ws}
             argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
             try:
                 ports = [http] + ([tls_port] if tls_port else [])
-                self._spawn(env, argv, ports, cwd=REPO)
+                p = self._spawn(env, argv, ports, cwd=REPO)
+                if not self.python:
+                    self.python = interpreter(p.pid)
+                    self.notes.append(f"interpreter: {self.python}")
                 return self._endpoints(http, tls_port)
             except StartError as e:
                 self.stop()
@@ -971,11 +976,15 @@ class PyFloor(Target):
         super().__init__("py-floor", tls_how="none: relays every connection to the backend")
         self.only = ("tls",)
         self.about = "the Python floor: epoll + recv/send, no routing, parsing or timers"
+        self.python = ""
 
     def _start(self, env: Env, be: Backend) -> Endpoints:
         (port,) = free_ports(1)
         argv = [env.python, "-m", "bench.floor_relay", "--listen", str(port), "--to", str(be.tls)]
-        self._spawn(env, argv, [port], cwd=REPO)
+        p = self._spawn(env, argv, [port], cwd=REPO)
+        if not self.python:
+            self.python = interpreter(p.pid)
+            self.notes.append(f"interpreter: {self.python}")
         return Endpoints(tls=port)
 
     def version(self) -> str:
