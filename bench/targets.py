@@ -214,6 +214,8 @@ class Target:
     fwd_origin: str = ""
     #: one line for the targets table (variants: what differs from plain splice)
     about: str = ""
+    #: the interpreter a Python target runs on (bench.proc.interpreter), once seen
+    python: str = ""
 
     def missing(self) -> str | None:
         """Why this target cannot run here (None when it can)."""
@@ -263,6 +265,12 @@ class Target:
     def cleanup(self) -> None:
         """At the end of the run, after ``stop``: remove what must not outlive it."""
 
+    def _note_interpreter(self, pid: int) -> None:
+        """Name the Python build in the notes, once: it moves the figures as a commit does."""
+        if not self.python:
+            self.python = interpreter(pid)
+            self.notes.append(f"interpreter: {self.python}")
+
     def _spawn(
         self,
         env: Env,
@@ -308,8 +316,6 @@ class Splice(Target):
     def __init__(self, name: str = "splice", *, only: tuple[str, ...] | None = None) -> None:
         super().__init__(name, tls_how="tls-passthrough (SNI)" if self.with_tls else None)
         self.only = only
-        #: the interpreter the splice process runs on (bench.proc.interpreter), once seen
-        self.python = ""
 
     def missing(self) -> str | None:
         if importlib.util.find_spec("splice") is None:
@@ -365,10 +371,7 @@ default_port = {be.ws}
             argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
             try:
                 ports = [http] + ([tls_port] if tls_port else [])
-                p = self._spawn(env, argv, ports, cwd=REPO)
-                if not self.python:
-                    self.python = interpreter(p.pid)
-                    self.notes.append(f"interpreter: {self.python}")
+                self._note_interpreter(self._spawn(env, argv, ports, cwd=REPO).pid)
                 return self._endpoints(http, tls_port)
             except StartError as e:
                 self.stop()
@@ -976,15 +979,11 @@ class PyFloor(Target):
         super().__init__("py-floor", tls_how="none: relays every connection to the backend")
         self.only = ("tls",)
         self.about = "the Python floor: epoll + recv/send, no routing, parsing or timers"
-        self.python = ""
 
     def _start(self, env: Env, be: Backend) -> Endpoints:
         (port,) = free_ports(1)
         argv = [env.python, "-m", "bench.floor_relay", "--listen", str(port), "--to", str(be.tls)]
-        p = self._spawn(env, argv, [port], cwd=REPO)
-        if not self.python:
-            self.python = interpreter(p.pid)
-            self.notes.append(f"interpreter: {self.python}")
+        self._note_interpreter(self._spawn(env, argv, [port], cwd=REPO).pid)
         return Endpoints(tls=port)
 
     def version(self) -> str:
