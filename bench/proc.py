@@ -221,6 +221,18 @@ def interpreter(pid: int) -> str:
     return f"{exe} {out or '?'}, libpython {'shared' if shared else 'static'}"
 
 
+def splice_build(pids: Iterable[int]) -> str:
+    """``mypyc`` when a process of the tree has splice's compiled library mapped (a
+    supervisor imports little; its workers do), else ``interpreted``."""
+    for pid in pids:
+        try:
+            if "__mypyc." in Path(f"/proc/{pid}/maps").read_text():
+                return "mypyc"
+        except OSError:
+            continue
+    return "interpreted"
+
+
 def run(argv: Sequence[str], timeout: float, **kw: object) -> subprocess.CompletedProcess[str]:
     """A bounded helper run (load generators): output captured, killed on timeout."""
     return subprocess.run(  # type: ignore[call-overload, no-any-return]

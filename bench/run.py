@@ -41,12 +41,14 @@ from bench.scenarios import (
     scenarios,
 )
 from bench.targets import (
+    COMPILED,
     REPO,
     STORE_MIN_FREE,
     TARGET_NAMES,
     Backend,
     Direct,
     Env,
+    SpliceInterpreted,
     Target,
     all_targets,
     held_cap,
@@ -186,6 +188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--splice-cmd", help="how to start splice; {python} and {config} expand")
     ap.add_argument(
+        "--build", choices=["mypyc", "interpreted"], default="mypyc",
+        help=f"splice compiled (from {COMPILED.relative_to(REPO)}/, make compiled) or the sources",
+    )  # fmt: skip
+    ap.add_argument(
         "--shed-delay", type=float, default=0.0,
         help="seconds the fake shed-server waits before each answer (a remote shed-server)",
     )  # fmt: skip
@@ -200,6 +206,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if bad:
                 ap.error(f"--{opt}: unknown {','.join(bad)} (choose from {','.join(names)})")
     return a
+
+
+def compiled_problem() -> str | None:
+    """Why the compiled build cannot be measured as this tree's splice (None: it can)."""
+    stamp = COMPILED / ".built"
+    if not stamp.exists():
+        return f"no compiled build in {COMPILED}: run `make compiled` (or pass --build interpreted)"
+    built = stamp.stat().st_mtime
+    stale = [p for p in (REPO / "splice").rglob("*.py") if p.stat().st_mtime > built]
+    if stale:
+        return f"{COMPILED} is older than {stale[0].relative_to(REPO)}: run `make compiled`"
+    return None
 
 
 def settings_for(a: argparse.Namespace, nofile: int) -> tuple[Settings, list[str]]:
@@ -293,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     env = Env(work=work, nofile=nofile)
     if a.splice_cmd:
         env.splice_cmd = a.splice_cmd
+    if a.build == "mypyc":
+        problem = compiled_problem()
+        if problem:
+            print(f"bench: {problem}", file=sys.stderr)
+            return 2
+        env.splice_path = str(COMPILED)
     env.shed_delay = a.shed_delay
     wanted = a.targets.split(",") if a.targets else TARGET_NAMES
     default = DEFAULT_SCENARIOS if a.full else QUICK_SCENARIOS
@@ -302,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [
         t for t in all_targets() if t.name in wanted and any(_takes_part(sc, t) for sc in scs)
     ]
+    if not env.splice_path:  # splice itself runs interpreted: splice-py would repeat it
+        targets = [t for t in targets if not isinstance(t, SpliceInterpreted)]
     store_note = ""
     uses_store = any(sc.name in STORE_SCENARIOS for sc in scs)
     if uses_store:
@@ -317,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=asdict(s),
         held_actual=actual_levels,
         haproxy_ref=a.haproxy_ref,
+        splice_build=a.build,
         warnings=warnings + setting_notes + ([store_note] if store_note else []),
     )
     res: dict[str, Any] = {"meta": meta, "targets": {}, "scenarios": {}}

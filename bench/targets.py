@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.proc import Managed, StartError, free_ports, interpreter, tree, wait_port
+from bench.proc import (
+    Managed,
+    StartError,
+    free_ports,
+    interpreter,
+    splice_build,
+    tree,
+    wait_port,
+)
 
 DOMAIN = "bench.test"
 HOST = f"alpha.{DOMAIN}"  # the shed serving /small and /big (and TLS)
@@ -33,6 +41,8 @@ SMALL_BYTES = 1024
 BIG_BYTES = 1 << 30
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 REPO = Path(__file__).resolve().parent.parent
+#: where `make compiled` installs splice built with mypyc (setup.py)
+COMPILED = REPO / "build" / "compiled"
 FAKE_SHED_SERVER = REPO / "scripts" / "fake_shed_server.py"
 #: the forward-proxy origin name splice dials through ``[forward] hosts`` (no DNS)
 FWD_ORIGIN = "origin.test"
@@ -52,10 +62,22 @@ class Env:
     nofile: int
     python: str = sys.executable
     splice_cmd: str = "{python} -m splice serve -c {config}"
+    #: the compiled build's directory (make compiled) put first on splice's path; ""
+    #: runs the source tree interpreted
+    splice_path: str = ""
     #: seconds the fake shed-server waits before each answer (its --delay)
     shed_delay: float = 0.0
     #: the record/replay store may hold the 1 GiB /big (enough free disk; see run.py)
     store_bulk: bool = True
+
+    def splice_env(self, *, interpreted: bool = False) -> dict[str, str]:
+        """The environment of a splice process: the compiled build first on its path,
+        and PYTHONSAFEPATH so that its working directory (the source tree, where it
+        finds the fake shed-server) cannot shadow it; interpreted: the sources."""
+        e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+        if self.splice_path and not interpreted:
+            e["PYTHONPATH"], e["PYTHONSAFEPATH"] = self.splice_path, "1"
+        return e
 
     def dir(self, name: str) -> Path:
         d = self.work / name
@@ -265,10 +287,11 @@ class Target:
     def cleanup(self) -> None:
         """At the end of the run, after ``stop``: remove what must not outlive it."""
 
-    def _note_interpreter(self, pid: int) -> None:
-        """Name the Python build in the notes, once: it moves the figures as a commit does."""
+    def _note_interpreter(self, pid: int, what: str = "") -> None:
+        """Name the Python build in the notes, once: it moves the figures as a commit
+        does (``what``: more to say, such as splice's own build)."""
         if not self.python:
-            self.python = interpreter(pid)
+            self.python = interpreter(pid) + what
             self.notes.append(f"interpreter: {self.python}")
 
     def _spawn(
@@ -312,6 +335,8 @@ class Splice(Target):
     with_tls = True
     #: one process unless a variant says otherwise (splice's own default is one per core)
     workers = 1
+    #: run the source tree even when the run measures the compiled build (splice-py)
+    interpreted = False
 
     def __init__(self, name: str = "splice", *, only: tuple[str, ...] | None = None) -> None:
         super().__init__(name, tls_how="tls-passthrough (SNI)" if self.with_tls else None)
@@ -371,7 +396,9 @@ default_port = {be.ws}
             argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
             try:
                 ports = [http] + ([tls_port] if tls_port else [])
-                self._note_interpreter(self._spawn(env, argv, ports, cwd=REPO).pid)
+                proc_env = env.splice_env(interpreted=self.interpreted)
+                pid = self._spawn(env, argv, ports, proc_env=proc_env, cwd=REPO).pid
+                self._note_interpreter(pid, f"; splice {splice_build(tree([pid]))}")
                 return self._endpoints(http, tls_port)
             except StartError as e:
                 self.stop()
@@ -413,6 +440,18 @@ class SpliceFirst(Splice):
 
     def _top(self, env: Env, be: Backend) -> str:
         return "route_each_request = false\n"
+
+
+class SpliceInterpreted(Splice):
+    """The same splice, interpreted: the sources instead of the mypyc build (setup.py),
+    in the scenarios where the interpreter is most of the cost. What compiling buys."""
+
+    with_tls = False
+    interpreted = True
+
+    def __init__(self) -> None:
+        super().__init__("splice-py", only=("keepalive", "newconn"))
+        self.about = "the same code interpreted (no mypyc): what compiling buys"
 
 
 class SpliceWorkers(Splice):
@@ -656,7 +695,9 @@ class SpliceReplay(SpliceStore):
         conf = d / "record-pass.toml"
         conf.write_text(self._forward_config(port, be, store_table(self._store_dir(env), "record")))
         argv = shlex.split(env.splice_cmd.format(python=env.python, config=conf))
-        p = Managed(f"{self.name}-record-pass", argv, d / "record-pass.log", cwd=REPO)
+        p = Managed(
+            f"{self.name}-record-pass", argv, d / "record-pass.log", env=env.splice_env(), cwd=REPO
+        )
         try:
             wait_port(port, p)
             paths = [("/small", SMALL_BYTES)] + ([("/big", BIG_BYTES)] if env.store_bulk else [])
@@ -995,8 +1036,8 @@ def all_targets() -> list[Target]:
     splice's variants (each only in its own scenarios), then the forward proxies."""
     return [
         Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
-        SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(), SpliceShed(),
-        SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(), PyFloor(),
+        SpliceInterpreted(), SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(),
+        SpliceShed(), SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(), PyFloor(),
     ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from splice import __version__
+from splice.build import build
 from splice.config import Config, load_config, parse_address
 from splice.errors import ConfigError
 from splice.logfmt import FORMATS, LEVELS, setup_logging
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="splice", description=__doc__.splitlines()[0], parents=[common]
     )
-    p.add_argument("--version", action="version", version=f"splice {__version__}")
+    p.add_argument("--version", action="version", version=f"splice {__version__} ({build()})")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{serve,check,routes,demo,passwd}")
     s = sub.add_parser("serve", help="run the splicer", parents=[common])
     s.add_argument("-c", "--config", required=True, help="TOML config file")

@@ -23,10 +23,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from splice import __version__
+from splice.build import build
 from splice.errors import CODES
 from splice.metrics import BUCKETS, MAX_SHED_SERIES
 
 #: the per-shed maps of a snapshot, capped together by connections closed
+#: mypyc or interpreted: fixed for the life of the process
+BUILD = build()
 _SHED_KEYS = ("shed_conns", "shed_up", "shed_down")
 _HISTOGRAMS = (
     ("dial", "splice_dial_seconds", "Time to connect to a VM (or through the Connect API)."),
@@ -84,8 +87,9 @@ class SnapshotCollector(Collector):
         yield from _resolver(self.snap.get("resolver", {}))
         yield from _upstream_pool(self.snap.get("upstream_pool", {}))
         yield from _supervisor(self.snap.get("supervisor"))
-        info = GaugeMetricFamily("splice_build_info", "splice version.", labels=["version"])
-        info.add_metric([__version__], 1)
+        help_ = "splice version, and mypyc or interpreted."
+        info = GaugeMetricFamily("splice_build_info", help_, labels=["version", "build"])
+        info.add_metric([__version__, BUILD], 1)
         yield info
 
 

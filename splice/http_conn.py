@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 _RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
 # what the client side is doing (RESPONSE: the connection's last request is sent)
 READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING, RESPONSE = range(8)
-# what the VM -> client direction of a keep-alive exchange is reading
-R_HEAD, R_LENGTH, R_CHUNKED = range(3)
+# what the VM -> client direction of a keep-alive exchange is reading (R_BLIND: not
+# framed, relayed as it comes). A plain int, not Optional: mypyc trusts mypy's narrowing
+# of an attribute across a call that resets it, so no attribute here is narrowed twice
+R_BLIND, R_HEAD, R_LENGTH, R_CHUNKED = range(4)
 #: bytes read per recv while collecting a head
 _READ = 64 * 1024
 #: client bytes discarded while lingering after an error page, before we give up
@@ -113,9 +115,9 @@ class HttpConn(Relay):
         self.req_host = b""
         #: None until the first request asks: may this peer set X-Forwarded-*?
         self.front: bool | None = None
-        #: a keep-alive exchange's response reader: phase (None: blind), unread
+        #: a keep-alive exchange's response reader: phase, unread
         #: VM bytes, body bytes left, chunk framing
-        self.rphase: int | None = None
+        self.rphase = R_BLIND
         self.rbuf = bytearray()
         self.rleft = 0
         self.rchunk: ChunkedFraming | None = None
@@ -261,7 +263,7 @@ class HttpConn(Relay):
         the client's once ``inbuf`` is flushed, the VM's once its first byte is timed."""
         if (
             self.state != TUNNEL
-            or self.rphase is not None
+            or self.rphase != R_BLIND
             or self.retiring
             or self.handshake is not None
         ):
@@ -276,7 +278,7 @@ class HttpConn(Relay):
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
         self.head = None  # an error on the next head must not borrow this one's details
-        if self.rphase is not None:
+        if self.rphase != R_BLIND:
             # after a request that closes the connection nothing more is a request
             # (RFC 9112 §9.6): the client is not read until its response is done
             self.state = RESPONSE
@@ -527,7 +529,7 @@ class HttpConn(Relay):
         if self.dial_t and self.handshake is None:
             self.ctx.metrics.first_byte.observe(time.perf_counter() - self.dial_t)
             self.dial_t = 0.0
-        if self.rphase is not None and self.handshake is None:
+        if self.rphase != R_BLIND and self.handshake is None:
             self._pump_response()
             return
         waiting = self.state == WAIT_UPGRADE and self.handshake is None and not self.retiring
@@ -556,13 +558,13 @@ class HttpConn(Relay):
         """VM -> client following the response framing, until the response ends."""
         down = self.down
         assert down is not None
-        while self.rphase is not None and self.up is not None and not down.blocked:
+        while self._framing() and not down.blocked:
             ph = self.rphase
             if ph == R_HEAD:
                 if self.rbuf:
                     if self._take_head():
                         continue
-                    if self.rphase != R_HEAD or self.up is None:
+                    if self.rphase != R_HEAD or not self._framing():
                         return  # the response ended, or is now relayed blind
             elif ph == R_LENGTH:
                 r, moved = down.pump_at_most(self.rleft, self.ushort)
@@ -587,6 +589,12 @@ class HttpConn(Relay):
                     continue
             if not self._read_answer():
                 return
+
+    def _framing(self) -> bool:
+        """A response is being framed on a live upstream. A method, not a condition
+        in the loop: mypyc would trust the loop's narrowing of ``self.up`` to a socket
+        after ``_take_head`` may have dropped it."""
+        return self.rphase != R_BLIND and self.up is not None
 
     def _pass_chunks(self, head: bytes = b"") -> bool:
         """Forward the chunked body bytes in ``rbuf``, after ``head`` in the same send;
@@ -673,7 +681,7 @@ class HttpConn(Relay):
 
     def _go_blind(self) -> None:
         """Relay the rest as it comes, to the VM's close; the upstream is not kept."""
-        self.rphase = None
+        self.rphase = R_BLIND
         self.reusable = False
         if self.rbuf:
             assert self.down is not None
@@ -683,13 +691,13 @@ class HttpConn(Relay):
 
     def _response_cut(self) -> None:
         """The VM closed in the middle of the body: the client sees it end the same way."""
-        self.rphase = None
+        self.rphase = R_BLIND
         self.reusable = False
         self.on_upstream_eof()
 
     def _response_done(self) -> None:
         """The response has ended: park the upstream if it is clean, then close the client."""
-        self.rphase = None
+        self.rphase = R_BLIND
         flow = self.up_flow
         clean = (
             self.reusable

@@ -8,6 +8,7 @@ the test that ran it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,24 @@ from typing import Any
 import pytest
 from upstreams import DOMAIN, BulkServer, EchoApp, SpliceProcess, Upstream
 
+from splice.build import build
+
 MakeApp = Callable[..., EchoApp]
+
+
+def pytest_report_header() -> str:
+    return f"splice build: {build()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``make test`` runs the suite twice, and says which build each run must import
+    (SPLICE_EXPECT_BUILD): a compiled run that quietly imported the sources (or the
+    reverse) would pass without testing what it claims to."""
+    want = os.environ.get("SPLICE_EXPECT_BUILD")
+    if want and want != build():
+        raise pytest.UsageError(f"SPLICE_EXPECT_BUILD={want}, but this run imports {build()}")
+
+
 MakeBulk = Callable[..., BulkServer]
 StartSplice = Callable[..., SpliceProcess]
 

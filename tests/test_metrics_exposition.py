@@ -17,6 +17,8 @@ from ops_support import OpsSplice, ShedServerThread, parse_metrics, value
 from prometheus_client.parser import text_string_to_metric_families
 from upstreams import EchoApp, RawClient, get, post, shed, unused_port
 
+from splice import __version__
+from splice.build import build
 from splice.exposition import merge, render
 from splice.metrics import BUCKETS, MAX_SHED_SERIES, Metrics
 
@@ -96,6 +98,7 @@ def test_render_is_valid_prometheus_text_with_the_documented_families() -> None:
     assert value(got, "splice_bytes_total", direction="down") == 1000
     assert value(got, "splice_resolver_cache_stale_total") == 1
     assert value(got, "splice_upstream_idle") == 2
+    assert value(got, "splice_build_info", version=__version__, build=build()) == 1
     assert value(got, "splice_upstream_reused_total") == 5
     buckets = [s for s in fam["splice_dial_seconds"].samples if s.name.endswith("_bucket")]
     assert [s.labels["le"] for s in buckets] == [*map(repr, BUCKETS), "+Inf"]

@@ -98,7 +98,7 @@ def parse_client_hello(
     if found is None:
         return None
     spans, length = found
-    server_name, alpn = _walk_hello(b"".join(buf[start:end] for start, end in spans))
+    server_name, alpn = _walk_hello(b"".join([buf[start:end] for start, end in spans]))
     return Hello(server_name, alpn, length)
 
 

@@ -199,7 +199,7 @@ def encode_v2(
             dst_ip.packed,
             _port(src[1]).to_bytes(2, "big"),
             _port(dst[1]).to_bytes(2, "big"),
-            *(_tlv(kind, value) for kind, value in tlvs),
+            *[_tlv(kind, value) for kind, value in tlvs],
         ]
     )
     if len(payload) > 0xFFFF:
