@@ -100,7 +100,7 @@ def extensions() -> list[Any]:
         from mypyc.build import mypycify
 
         return list(mypycify(COMPILED, opt_level="3", debug_level="0"))
-    except (ImportError, SystemExit, Exception) as e:  # mypyc missing, or mypy found errors
+    except (SystemExit, Exception) as e:  # mypyc missing, or mypy found errors (it exits)
         if MODE == "1":
             raise
         note(f"mypyc could not translate the modules ({e!r}); installing them interpreted")
