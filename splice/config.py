@@ -8,6 +8,7 @@ configuration reference lists the same values.
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -397,10 +398,13 @@ def _domain(key: str, v: Any) -> str:
 
 
 def _ip(key: str, v: Any) -> str:
+    # a string only: ipaddress also takes an int (5 is 0.0.0.5), and a bool as an int
     try:
-        return str(ipaddress.ip_address(v))
+        if isinstance(v, str):
+            return str(ipaddress.ip_address(v))
     except ValueError:
-        raise ConfigError(key, f"{v!r} is not an IP address") from None
+        pass
+    raise ConfigError(key, f"{v!r} is not an IP address")
 
 
 def _cidrs(k: str, v: Mapping[str, Any], key: str = "") -> tuple[str, ...]:
@@ -410,9 +414,11 @@ def _cidrs(k: str, v: Mapping[str, Any], key: str = "") -> tuple[str, ...]:
 
 def _cidr(key: str, v: Any) -> str:
     try:
-        return str(ipaddress.ip_network(v, strict=False))
-    except (ValueError, TypeError):
-        raise ConfigError(key, f"{v!r} is not a CIDR such as '127.0.0.1/32'") from None
+        if isinstance(v, str):  # as in _ip: no int or bool taken for an address
+            return str(ipaddress.ip_network(v, strict=False))
+    except ValueError:
+        pass
+    raise ConfigError(key, f"{v!r} is not a CIDR such as '127.0.0.1/32'")
 
 
 def _port(key: str, v: Any, zero_ok: bool = False) -> int:
@@ -430,7 +436,7 @@ def _int(key: str, v: Any, lo: int, hi: int) -> int:
 
 def _seconds(key: str, v: Any, zero_ok: bool = False) -> float:
     ok = isinstance(v, int | float) and not isinstance(v, bool) and (v >= 0 if zero_ok else v > 0)
-    if not ok:
+    if not ok or not math.isfinite(v):  # TOML has inf and nan
         raise ConfigError(key, f"{v!r} must be a positive number of seconds")
     return float(v)
 

@@ -14,6 +14,7 @@ import copy
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,3 +153,28 @@ def test_a_mutated_config_loads_or_is_refused_with_a_config_error(
 def test_the_base_config_loads() -> None:
     """The fuzz starts from a config that loads: its refusals are the mutations'."""
     assert parse_config(copy.deepcopy(BASE)).sheds["alpha"].policy.tls_port == 443
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "message"),
+    [
+        # ipaddress takes an int (5 is 0.0.0.5) and a bool as an int: the fuzz found
+        # `accept_proxy = [false]` loading as 0.0.0.0/32
+        ("listen", "accept_proxy", [False], "listen[0].accept_proxy[0]: False is not a CIDR"),
+        ("top", "trusted_fronts", [3], "trusted_fronts[0]: 3 is not a CIDR"),
+        ("shed", "address", 5, "sheds.alpha.address: 5 is not an IP address"),
+        ("shed", "address", True, "sheds.alpha.address: True is not an IP address"),
+        # TOML has inf and nan; neither is a timeout
+        ("top", "head_timeout", math.inf, "head_timeout: inf must be a positive number"),
+        ("resolver", "stale", math.nan, "resolver.stale: nan must be a positive number"),
+    ],
+)
+def test_values_python_would_coerce_are_refused(
+    where: str, key: str, value: Any, message: str
+) -> None:
+    cfg = copy.deepcopy(BASE)
+    table, _ = _table(cfg, where)
+    table[key] = value
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg)
+    assert str(e.value).startswith(message)
