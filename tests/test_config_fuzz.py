@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splice.config import Config, parse_config
+from splice.egress.policy import FORWARD_KEYS as POLICY_FORWARD_KEYS
+from splice.egress.policy import POLICY_KEYS
 from splice.errors import ConfigError
 
 BASE: dict[str, Any] = {
@@ -65,7 +67,9 @@ RESOLVER_KEYS = [
     "chain", "shed_server", "instances_dir", "ports_dir", "ttl", "negative_ttl", "stale",
     "timeout", "cache_size", "unknown",
 ]  # fmt: skip
-FORWARD_KEYS = ["allow", "deny", "trust_bundle", "store", "unknown"]
+FORWARD_KEYS = [*sorted(POLICY_FORWARD_KEYS), "store", "trust_bundle", "unknown"]
+STORE_KEYS = ["path", "mode", "match", "intercept_tls", "ca", "max_bytes", "unknown"]
+CLIENT_POLICY_KEYS = [*sorted(POLICY_KEYS), "unknown"]
 ADMIN_KEYS = ["address", "unknown"]
 
 #: strings the parser gives meaning to, so mutations reach past the first type check
@@ -73,7 +77,8 @@ WORDS = [
     "", "127.0.0.1:80", "[::1]:80", "::1", "0.0.0.0", "127.0.0.1", "10.0.0.0/8", "alpha",
     "http", "tls-passthrough", "forward", "egress-http", "egress-tls", "v1", "v2", "direct",
     "connect", "static", "shed-api", "metadata", "connect-api", "json", "text",
-    "http://127.0.0.1:9", "/tmp", "*.example.io", "example.io", "not a name!",
+    "http://127.0.0.1:9", "/tmp", "*.example.io", "example.io", "not a name!", "record",
+    "replay", "off", "pypi.org", "*.pypi.org:443", "alice",
 ]  # fmt: skip
 
 scalars = st.one_of(
@@ -108,21 +113,38 @@ def _table(cfg: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
         "shed": ("sheds", SHED_KEYS),
         "resolver": ("resolver", RESOLVER_KEYS),
         "forward": ("forward", FORWARD_KEYS),
+        "store": ("forward", STORE_KEYS),
+        "policy": ("forward", CLIENT_POLICY_KEYS),
         "admin": ("admin", ADMIN_KEYS),
     }[where]
     if not isinstance(cfg.get(key), dict):
         cfg[key] = {}
     table = cfg[key]
     if where == "shed":
-        if not isinstance(table.get("alpha"), dict):
-            table["alpha"] = {}
-        table = table["alpha"]
+        table = _sub(table, "alpha")
+    elif where == "store":
+        table = _sub(table, "store")
+    elif where == "policy":
+        if not isinstance(table.get("policies"), list) or not table["policies"]:
+            table["policies"] = [{"clients": ["127.0.0.1"]}]
+        if not isinstance(table["policies"][0], dict):
+            table["policies"][0] = {}
+        table = table["policies"][0]
     return table, keys
+
+
+def _sub(table: dict[str, Any], key: str) -> dict[str, Any]:
+    if not isinstance(table.get(key), dict):
+        table[key] = {}
+    sub: dict[str, Any] = table[key]
+    return sub
 
 
 mutations = st.lists(
     st.tuples(
-        st.sampled_from(["top", "listen", "shed", "resolver", "forward", "admin"]),
+        st.sampled_from(
+            ["top", "listen", "shed", "resolver", "forward", "store", "policy", "admin"]
+        ),
         st.integers(min_value=0, max_value=100),
         values,
     ),
@@ -164,6 +186,8 @@ def test_the_base_config_loads() -> None:
         ("top", "trusted_fronts", [3], "trusted_fronts[0]: 3 is not a CIDR"),
         ("shed", "address", 5, "sheds.alpha.address: 5 is not an IP address"),
         ("shed", "address", True, "sheds.alpha.address: True is not an IP address"),
+        # a table where a user name goes was looked up in the users: TypeError
+        ("policy", "users", [{}], "forward.policies[0].users[0]: {} is not a user"),
         # TOML has inf and nan; neither is a timeout
         ("top", "head_timeout", math.inf, "head_timeout: inf must be a positive number"),
         ("resolver", "stale", math.nan, "resolver.stale: nan must be a positive number"),

@@ -185,7 +185,7 @@ def _client_policy(key: str, v: Any, users: Mapping[str, str]) -> ClientPolicy:
     _no_unknown(key, v, POLICY_KEYS)
     names = []
     for k, name in _items(v, "users", key):
-        if name not in users:
+        if not isinstance(name, str) or name not in users:
             raise ConfigError(k, f"{name!r} is not a user in forward.users")
         names.append(name)
     clients = _networks(v, "clients", key)
