@@ -54,7 +54,7 @@ _RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAV
 READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING, RESPONSE = range(8)
 # what the VM -> client direction of a keep-alive exchange is reading (R_BLIND: not
 # framed, relayed as it comes). A plain int, not Optional: mypyc trusts mypy's narrowing
-# of an attribute across a call that resets it, so no attribute here is narrowed twice
+# of an attribute across a call that may reset it, and would unbox a None
 R_BLIND, R_HEAD, R_LENGTH, R_CHUNKED = range(4)
 #: bytes read per recv while collecting a head
 _READ = 64 * 1024
