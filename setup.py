@@ -51,6 +51,7 @@ COMPILED = [
     "splice/routing/policy.py",
     "splice/routing/route.py",
     "splice/wire/client_hello.py",
+    "splice/wire/field_lines.py",
     "splice/wire/forwarded.py",
     "splice/wire/http_head.py",
     "splice/wire/http_response.py",

@@ -41,6 +41,12 @@ WS_HEAD = (
     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
 )
+NGINX_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 05 Dec 2026 23:14:54 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 1024\r\n"
+    b"Last-Modified: Sat, 05 Dec 2026 20:47:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6b147844-400"\r\nAccept-Ranges: bytes\r\n\r\n'
+)
 PROXY_V1 = b"PROXY TCP4 192.0.2.10 198.51.100.20 56324 443\r\nGET / HTTP/1.1\r\n"
 PROXY_V2 = (
     b"\r\n\r\n\x00\r\nQUIT\n"  # signature
@@ -78,6 +84,13 @@ def test_parse_head(benchmark: Bench, buf: bytes) -> None:
     parse_head = _module("splice.wire.http_head").parse_head
     head = benchmark(parse_head, buf)
     assert head is not None and head.host is not None
+
+
+def test_parse_response_head(benchmark: Bench) -> None:
+    """nginx's answer to /small: read on every pooled request to know its end."""
+    parse = _module("splice.wire.http_response").parse_response_head
+    r = benchmark(parse, NGINX_RESPONSE, head_request=False)
+    assert r is not None and r.length == 1024 and r.keep_alive
 
 
 def test_parse_head_incomplete(benchmark: Bench) -> None:

@@ -37,7 +37,6 @@ from splice.io.flow import DONE, EOF, Flow
 from splice.pages import render_error
 from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
-from splice.routing.names import parse_host
 from splice.routing.route import split_absolute_form, split_port_prefix
 from splice.wire.chunked import ChunkedFraming, State
 from splice.wire.forwarded import rewrite_forwarded
@@ -86,6 +85,7 @@ class HttpConn(Relay):
         "rphase",
         "served",
         "state",
+        "udrained",
     )
 
     #: requests that close their connection may use pooled keep-alive upstreams
@@ -126,6 +126,9 @@ class HttpConn(Relay):
         self.reusable = False
         #: a byte of answer has come on this upstream
         self.got_answer = False
+        #: the last read of the upstream was short under an event without a hang-up:
+        #: nothing was left unread then (bytes that come later raise an event)
+        self.udrained = False
         #: a request on a reused pooled connection that can be sent again if the VM
         #: turns out to have closed it: (next, head, the whole body, b"" for none)
         self.replay: tuple[tuple[bytes, Key, Endpoint], Head, bytes] | None = None
@@ -336,7 +339,7 @@ class HttpConn(Relay):
             raise ProtocolError("the request names no host")
         self.req_host = host
         self.host = host.decode("ascii", "replace")
-        name = parse_host(host, self.ctx.cfg.domains)
+        name = self.ctx.host_name(host)
         if self.up_done or self.ctx.draining:
             # the VM closed this connection (its FIN has gone to the client), or we
             # are stopping: the client retries on a new connection
@@ -567,6 +570,7 @@ class HttpConn(Relay):
                     if self.rphase != R_HEAD or not self._framing():
                         return  # the response ended, or is now relayed blind
             elif ph == R_LENGTH:
+                self.udrained = False  # a read that fills its budget proves nothing
                 r, moved = down.pump_at_most(self.rleft, self.ushort)
                 self.rleft -= moved
                 if r == DONE:
@@ -580,6 +584,7 @@ class HttpConn(Relay):
                 if self.rbuf and not self._pass_chunks():
                     return
                 if not self.rbuf and c.state is State.DATA and c.remaining:
+                    self.udrained = False
                     r, moved = down.pump_at_most(c.remaining)
                     c.data_passed(moved)
                     if r == EOF:
@@ -635,6 +640,7 @@ class HttpConn(Relay):
                 self._go_blind()
             return False
         self.got_answer = True
+        self.udrained = self.ushort and len(data) < _READ
         self.rbuf += data
         return True
 
@@ -710,7 +716,7 @@ class HttpConn(Relay):
         )
         self.rbuf.clear()  # bytes after the response were asked for by nobody
         if clean:
-            self.park_upstream()
+            self.park_upstream(self.udrained)
         else:
             self.drop_upstream()
         self.state = CLOSING

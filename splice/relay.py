@@ -524,11 +524,12 @@ class Relay:
         self.connecting = False
         self.handshake = None
 
-    def park_upstream(self) -> None:
-        """Give the upstream, clean after a complete exchange, to the pool (or close it)."""
+    def park_upstream(self, drained: bool = False) -> None:
+        """Give the upstream, clean after a complete exchange, to the pool (or close it);
+        ``drained``: our last read of it proved nothing was left (``UpstreamPool.park``)."""
         up, key = self.up, self.key
         assert up is not None and key is not None and self.up_flow is not None
-        if self.ctx.upstreams.park(key, up, self.ctx.loop.time()):
+        if self.ctx.upstreams.park(key, up, self.ctx.loop.time(), drained):
             self._release_upstream()
         else:
             self.drop_upstream()

@@ -18,7 +18,7 @@ from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import EOF
 from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
-from splice.routing.names import HostName, parse_host
+from splice.routing.names import HostName
 from splice.wire.client_hello import Hello, parse_client_hello
 from splice.wire.tls_alert import alert_for_code, render_alert
 
@@ -104,7 +104,7 @@ class TlsConn(Relay):
             name = HostName(self.lc.fallback, None, None)
         else:
             self.host = hello.server_name
-            name = parse_host(hello.server_name.encode(), self.ctx.cfg.domains)
+            name = self.ctx.host_name(hello.server_name.encode())
         self.route_name(name)
 
     def routed(self, shed: str, label_port: int | None, ep: Endpoint) -> None:

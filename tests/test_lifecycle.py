@@ -227,6 +227,23 @@ def test_a_config_that_does_not_load_is_refused_and_the_running_one_stays(
     assert len(s.addresses) == 1 and _status(s.port, ALPHA) == (200, "alpha")
 
 
+def test_a_reload_that_changes_the_domains_reads_every_host_again(fleet: Fleet) -> None:
+    """Parsed Hosts are memoised per config: the old domain's names must not survive."""
+    alpha = fleet.keep(EchoApp("alpha"))
+    s = fleet.start(config({"alpha": shed_at(alpha)}))
+    other = "elsewhere.example"
+    for _ in range(3):  # the name is memoised by now
+        assert _status(s.port, ALPHA) == (200, "alpha")
+    line = s.reload(dict(config({"alpha": shed_at(alpha)}), domains=[other]))
+    assert "reloaded" in line, line
+    assert _status(s.port, ALPHA) == (404, "UNKNOWN_HOST")
+    assert _status(s.port, f"alpha.{other}") == (200, "alpha")
+    line = s.reload(config({"alpha": shed_at(alpha)}))
+    assert "reloaded" in line, line
+    assert _status(s.port, ALPHA) == (200, "alpha")
+    assert _status(s.port, f"alpha.{other}") == (404, "UNKNOWN_HOST")
+
+
 #: the drain test's transfer: big enough to be in flight at SIGTERM, paced so it is
 DRAIN_SIZE = 32 << 20
 DRAIN_RATE = 16 << 20

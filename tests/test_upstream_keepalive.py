@@ -51,6 +51,7 @@ class FramingVm(Upstream):
         super().__init__(name)
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
+        self.junk_sent = 0
 
     def close_active(self) -> None:
         """Close every open connection from the VM's side (a keep-alive timeout)."""
@@ -133,6 +134,11 @@ class FramingVm(Upstream):
             sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
         elif target == "/extra":
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK")
+        elif target == "/late-extra":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            time.sleep(0.05)  # parked by now, with nothing unread at the time
+            sock.sendall(b"JUNK")
+            self.junk_sent += 1
         elif target == "/bad-chunks":
             sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nqq")
             return False
@@ -294,6 +300,19 @@ def test_a_pooled_connection_the_vm_closes_is_dropped_and_the_next_dials(
     assert one(s.port, close_get("/length")).body == b"hello"
     vm.close_active()
     vm.wait_done(0)
+    assert one(s.port, close_get("/length")).body == b"hello"
+    assert vm.accepted == 2
+
+
+def test_bytes_a_pooled_connection_gets_later_drop_it_and_reach_no_client(
+    vm: FramingVm, start_splice: StartSplice
+) -> None:
+    """Parking skips the peek when the last read drained the socket: anything the VM
+    sends afterwards must still evict the connection (the pool is its handler)."""
+    s = start_splice({"alpha": shed(vm)})
+    assert one(s.port, close_get("/late-extra")).body == b"ok"
+    wait_for(lambda: vm.junk_sent == 1, "the VM sent its unasked bytes")
+    vm.wait_done(0)  # splice closed it
     assert one(s.port, close_get("/length")).body == b"hello"
     assert vm.accepted == 2
 

@@ -14,11 +14,11 @@ list or duplicate Content-Length, and any transfer-coding but ``chunked`` get 40
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 import h11
 
 from splice.errors import ProtocolError
+from splice.wire.field_lines import FIELD_BLOCK, field_finder, find_fields
 
 #: nginx allows 4 x 8 KiB header lines and h11 16 KiB; 64 KiB admits every real
 #: browser head (large cookies included). Bigger gets 431.
@@ -29,40 +29,78 @@ MAX_CL_DIGITS = 18
 # request-line = method SP request-target SP HTTP-version   (RFC 9112 §3)
 # method = token ; request-target: visible ASCII (we never accept spaces in it)
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])")
-# field-line = field-name ":" OWS field-value OWS ; one CRLF-terminated line each,
-# field-value chars are HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5). No obs-fold.
-_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# the fields routing and framing depend on, found in the lower-cased block
-_INTERESTING = re.compile(
-    rb"^(host|content-length|transfer-encoding|connection|upgrade|expect|accept):"
-    rb"[ \t]*([^\r]*?)[ \t]*\r$",
-    re.M,
-)
+#: the fields routing and framing depend on
+_NAMES = (
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
+    b"accept",
+)  # fmt: skip
+_WANTED = field_finder(_NAMES)
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 # h11 ends a head at LF CR? LF; we find the same end to know what the head consumed
 _H11_HEAD_END = re.compile(rb"\n\r?\n")
 
 
-class Head(NamedTuple):
-    method: bytes
-    target: bytes
-    #: b"1.1" or b"1.0"
-    version: bytes
-    #: the Host field (lower-cased), or None when absent
-    host: bytes | None
-    #: body length when framed by Content-Length, else None
-    content_length: int | None
-    chunked: bool
-    #: the client asks to switch protocols (Connection: upgrade + Upgrade)
-    upgrade: bool
-    #: the connection ends after this exchange (Connection: close, or HTTP/1.0)
-    close: bool
-    expect_continue: bool
-    wants_json: bool
-    #: the head as it goes to the VM (the client's bytes on the fast path)
-    raw: bytes
-    #: bytes of the input buffer the head took
-    length: int
+class Head:
+    """A parsed request head.
+
+    A plain class, not a NamedTuple: compiled by mypyc, making one takes ~25 ns
+    instead of ~180 (a NamedTuple's ``__new__`` is generated Python) and reading a
+    field is a load from the object instead of a descriptor call; one per request.
+    """
+
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "expect_continue",
+        "host",
+        "length",
+        "method",
+        "raw",
+        "target",
+        "upgrade",
+        "version",
+        "wants_json",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        host: bytes | None,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bool,
+        close: bool,
+        expect_continue: bool,
+        wants_json: bool,
+        raw: bytes,
+        length: int,
+    ) -> None:
+        self.method = method
+        self.target = target
+        #: b"1.1" or b"1.0"
+        self.version = version
+        #: the Host field (lower-cased), or None when absent
+        self.host = host
+        #: body length when framed by Content-Length, else None
+        self.content_length = content_length
+        self.chunked = chunked
+        #: the client asks to switch protocols (Connection: upgrade + Upgrade)
+        self.upgrade = upgrade
+        #: the connection ends after this exchange (Connection: close, or HTTP/1.0)
+        self.close = close
+        self.expect_continue = expect_continue
+        self.wants_json = wants_json
+        #: the head as it goes to the VM (the client's bytes on the fast path)
+        self.raw = raw
+        #: bytes of the input buffer the head took
+        self.length = length
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Head({fields})"
 
 
 def parse_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Head | None:
@@ -78,9 +116,9 @@ def parse_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Head | None:
     head = bytes(buf[: end + 4])
     line_end = head.find(b"\r\n")
     m = _REQUEST_LINE.fullmatch(head, 0, line_end)
-    if m is None or _FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
+    if m is None or FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
         return _parse_slow(buf, max_head)
-    fields = _INTERESTING.findall(head[line_end : end + 2].lower())
+    fields = find_fields(head.lower(), line_end, end, _WANTED)
     method, target, minor = m.groups()
     return _interpret(method, target, minor, fields, head, end + 4)
 
@@ -115,10 +153,6 @@ def _parse_slow(buf: bytes | bytearray, max_head: int) -> Head | None:
     lines.append(b"\r\n")
     fields = [(n.lower(), v.lower()) for n, v in raw_items if n.lower() in _NAMES]
     return _interpret(event.method, event.target, minor, fields, b"".join(lines), m.end())
-
-
-_NAMES = {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade"}
-_NAMES |= {b"expect", b"accept"}
 
 
 def _interpret(

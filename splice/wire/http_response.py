@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import re
 from enum import IntEnum
-from typing import NamedTuple
 
 from splice.errors import ProtocolError
+from splice.wire.field_lines import FIELD_BLOCK, field_finder, find_fields
 from splice.wire.http_head import MAX_CL_DIGITS, MAX_HEAD
 
 # status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4);
 # a missing SP before an empty reason is common and harmless
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
-_FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_FRAMING_FIELDS = re.compile(
-    rb"^(content-length|transfer-encoding|connection):[ \t]*([^\r]*?)[ \t]*\r$", re.M
-)
+_FRAMING_FIELDS = field_finder((b"content-length", b"transfer-encoding", b"connection"))
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 #: every Connection field line, with the CRLF before it (never the status line)
 _CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.I)
@@ -42,19 +39,37 @@ class Body(IntEnum):
     UNTIL_CLOSE = 3
 
 
-class ResponseHead(NamedTuple):
-    status: int
-    body: Body
-    #: Content-Length when ``body`` is LENGTH, else 0
-    length: int
-    #: the VM keeps the connection open after this response
-    keep_alive: bool
-    #: a 1xx other than 101: forwarded as is, the real response follows
-    interim: bool
-    #: the head as the client gets it
-    raw: bytes
-    #: bytes of the input the head took
-    size: int
+class ResponseHead:
+    """A parsed response head; a plain class for mypyc, like ``http_head.Head``."""
+
+    __slots__ = ("body", "interim", "keep_alive", "length", "raw", "size", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: Body,
+        length: int,
+        keep_alive: bool,
+        interim: bool,
+        raw: bytes,
+        size: int,
+    ) -> None:
+        self.status = status
+        self.body = body
+        #: Content-Length when ``body`` is LENGTH, else 0
+        self.length = length
+        #: the VM keeps the connection open after this response
+        self.keep_alive = keep_alive
+        #: a 1xx other than 101: forwarded as is, the real response follows
+        self.interim = interim
+        #: the head as the client gets it
+        self.raw = raw
+        #: bytes of the input the head took
+        self.size = size
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"ResponseHead({fields})"
 
 
 def parse_response_head(
@@ -75,7 +90,7 @@ def parse_response_head(
     head = bytes(buf[: end + 4])
     line_end = head.find(b"\r\n")
     m = _STATUS_LINE.fullmatch(head, 0, line_end)
-    if m is None or _FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
+    if m is None or FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
         raise ProtocolError("malformed response head")
     minor, status = m.group(1), int(m.group(2))
     if 100 <= status < 200 and status != 101:
@@ -83,7 +98,7 @@ def parse_response_head(
     keep_alive = minor == b"1"
     length: int | None = None
     chunked = False
-    for name, value in _FRAMING_FIELDS.findall(head[line_end : end + 2].lower()):
+    for name, value in find_fields(head.lower(), line_end, end, _FRAMING_FIELDS):
         if name == b"connection":
             keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
         elif name == b"transfer-encoding":
