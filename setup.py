@@ -43,6 +43,7 @@ COMPILED = [
     "splice/io/flow.py",
     "splice/io/pipes.py",
     "splice/io/reactor.py",
+    "splice/io/unread.py",
     "splice/io/upstream_pool.py",
     "splice/resolve/chain.py",
     "splice/resolve/static.py",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import DONE, EOF, Flow
+from splice.io.unread import unread
 from splice.pages import render_error
 from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
@@ -477,8 +478,16 @@ class HttpConn(Relay):
             self.front = bool(self.ctx.fronts) and self.peer[0] in self.ctx.fronts
         if self.front:
             return raw
-        host = self.req_host or (self.head.host if self.head is not None else None)
-        return rewrite_forwarded(raw, self.peer[0], host or b"", b"http", rfc7239=cfg.forwarded)
+        head = self.head
+        host = self.req_host or (head.host if head is not None else None)
+        return rewrite_forwarded(
+            raw,
+            self.peer[0],
+            host or b"",
+            b"http",
+            rfc7239=cfg.forwarded,
+            present=head is None or head.forwarded,
+        )
 
     def _retire(self) -> None:
         """Shut the old upstream's write side; the next one opens when it has closed."""
@@ -734,13 +743,10 @@ class HttpConn(Relay):
         FIN. Unread client bytes would turn the close into a RST that can destroy the
         response in flight, so then the FIN goes first and we linger.
         """
-        try:
-            data = self.client.recv(_READ)
-        except BlockingIOError:
-            data = b""
-        if not data:
+        if not unread(self.cfd):
             self.close()
             return
+        data = self.client.recv(_READ)
         self.lingered = len(data)
         assert self.down is not None
         self.down.finish()

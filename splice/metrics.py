@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Final
 
 #: seconds; spans a loopback dial (~50 µs) to a connect timeout (5 s)
-BUCKETS: Final = (
+BUCKETS: Final[tuple[float, ...]] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip

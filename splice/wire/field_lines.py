@@ -23,10 +23,10 @@ def field_finder(names: tuple[bytes, ...]) -> re.Pattern[bytes]:
 
 
 def find_fields(
-    low: bytes, line_end: int, end: int, finder: re.Pattern[bytes]
+    low: bytes, start: int, end: int, finder: re.Pattern[bytes]
 ) -> list[tuple[bytes, bytes]]:
     """The wanted ``(name, value)`` pairs, in order, of the lower-cased head ``low``
-    whose first line ends at ``line_end`` and whose blank line starts at ``end``;
-    values without their surrounding whitespace. Call it on a head whose field
-    lines ``FIELD_BLOCK`` took: then a value ends at the next CR."""
-    return [(n, v.rstrip(b" \t")) for n, v in finder.findall(low, line_end, end)]
+    whose blank line starts at ``end``, searched from ``start`` (0 will do: the first
+    line holds no CRLF); values without their surrounding whitespace. Call it on a
+    head whose field lines ``FIELD_BLOCK`` took: then a value ends at the next CR."""
+    return [(n, v.rstrip(b" \t")) for n, v in finder.findall(low, start, end)]

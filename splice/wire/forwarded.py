@@ -18,14 +18,21 @@ _FORWARDED_LINE = re.compile(
 
 
 def rewrite_forwarded(
-    raw: bytes, client: str, host: bytes, proto: bytes, *, rfc7239: bool = False
+    raw: bytes,
+    client: str,
+    host: bytes,
+    proto: bytes,
+    *,
+    rfc7239: bool = False,
+    present: bool = True,
 ) -> bytes:
     """``raw`` (a complete head ending in CRLF CRLF) with our forwarding fields.
 
     ``host`` is the Host the client asked for; control bytes never reach it since
-    the head scanner has validated every field value already.
+    the head scanner has validated every field value already. ``present=False``:
+    the parser found no forwarding field in ``raw``, so there is none to remove.
     """
-    head = _FORWARDED_LINE.sub(b"", raw[:-2])
+    head = _FORWARDED_LINE.sub(b"", raw[:-2]) if present else raw[:-2]
     ip = client.encode()
     extra = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
         ip,

@@ -23,7 +23,9 @@ from splice.wire.http_head import MAX_CL_DIGITS, MAX_HEAD
 
 # status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4);
 # a missing SP before an empty reason is common and harmless
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_STATUS_LINE = rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
+#: a head the scanner takes whole, up to its blank line: one regex pass, not two
+_STRICT_HEAD = re.compile(_STATUS_LINE + FIELD_BLOCK.pattern)
 _FRAMING_FIELDS = field_finder((b"content-length", b"transfer-encoding", b"connection"))
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 #: every Connection field line, with the CRLF before it (never the status line)
@@ -67,9 +69,11 @@ class ResponseHead:
         #: bytes of the input the head took
         self.size = size
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"ResponseHead({fields})"
+    def __repr__(self) -> str:  # the fields a failing test wants to see
+        return (
+            f"ResponseHead(status={self.status}, body={self.body!r}, length={self.length}, "
+            f"keep_alive={self.keep_alive}, interim={self.interim}, size={self.size})"
+        )
 
 
 def parse_response_head(
@@ -88,9 +92,8 @@ def parse_response_head(
             raise ProtocolError("response head not taken by the strict scanner")
         return None
     head = bytes(buf[: end + 4])
-    line_end = head.find(b"\r\n")
-    m = _STATUS_LINE.fullmatch(head, 0, line_end)
-    if m is None or FIELD_BLOCK.fullmatch(head, line_end + 2, end + 2) is None:
+    m = _STRICT_HEAD.fullmatch(head, 0, end + 2)
+    if m is None:
         raise ProtocolError("malformed response head")
     minor, status = m.group(1), int(m.group(2))
     if 100 <= status < 200 and status != 101:
@@ -98,7 +101,7 @@ def parse_response_head(
     keep_alive = minor == b"1"
     length: int | None = None
     chunked = False
-    for name, value in find_fields(head.lower(), line_end, end, _FRAMING_FIELDS):
+    for name, value in find_fields(head.lower(), 0, end, _FRAMING_FIELDS):
         if name == b"connection":
             keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
         elif name == b"transfer-encoding":

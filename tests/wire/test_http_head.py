@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from splice.errors import ProtocolError
 from splice.wire import http_head
+from splice.wire.forwarded import _FORWARDED_LINE
 from splice.wire.http_head import MAX_HEAD, Head, parse_head
 
 GET = b"GET /x?y=1 HTTP/1.1\r\nHost: Alpha.srv.test:8081\r\nAccept: */*\r\n\r\n"
@@ -80,6 +81,11 @@ class TestFastPath:
             b"Accept: application/json\r\nContent-Length: 0\r\n\r\n"
         )
         assert head is not None and head.expect_continue and head.wants_json
+
+    def test_a_head_shows_its_fields_when_printed(self) -> None:
+        shown = repr(parse_head(GET))
+        assert shown.startswith("Head(") and "host=b'alpha.srv.test:8081'" in shown
+        assert "method=b'GET'" in shown and f"length={len(GET)}" in shown
 
     def test_connect_needs_no_host_field(self) -> None:
         head = parse_head(b"CONNECT pypi.org:443 HTTP/1.1\r\n\r\n")
@@ -241,3 +247,34 @@ class TestLaws:
         assert head is not None
         if head.raw == mangled[: head.length]:
             assert h11_view(mangled) is not None
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        heads(),
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [b"X-Forwarded-For", b"x-forwarded-proto", b"X-FORWARDED-HOST",
+                     b"Forwarded", b"forwarded", b"X-Forwarded-Fort", b"Forwarded-X"]
+                ),
+                st.sampled_from([b":", b": ", b" :", b"\t:"]),
+            ),
+            max_size=3,
+        ),
+        st.booleans(),
+    )  # fmt: skip
+    def test_a_head_with_a_forwarding_field_says_so(
+        self, data: bytes, extra: list[tuple[bytes, bytes]], bare_lf: bool
+    ) -> None:
+        """``forwarded`` False lets the rewrite skip removing the client's copies: it
+        must be False only when the head the VM would get has none to remove."""
+        added = b"".join(b"%s%s1.2.3.4\r\n" % (n, sep) for n, sep in extra)
+        data = data[:-2] + added + b"\r\n"
+        if bare_lf:
+            data = data.replace(b"\r\n", b"\n")
+        try:
+            head = parse_head(data)
+        except ProtocolError:
+            return
+        assert head is not None
+        assert head.forwarded == (_FORWARDED_LINE.search(head.raw) is not None), head.raw

@@ -37,6 +37,11 @@ class TestFraming:
         )  # fmt: skip
         assert OK[r.size :] == b"hello"
 
+    def test_a_response_head_shows_its_fields_when_printed(self) -> None:
+        shown = repr(parse(OK))
+        assert shown.startswith("ResponseHead(") and "status=200" in shown
+        assert "length=5" in shown and "keep_alive=True" in shown
+
     def test_the_client_is_told_the_connection_closes(self) -> None:
         r = parse(OK)
         assert r.raw == (
