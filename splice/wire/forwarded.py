@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 
+#: the forwarding fields, lower-case: removed from an untrusted client's head
+FORWARDING_FIELDS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
 # field-line at a line start: "\r\n" field-name ":" ... up to the next CR
 _FORWARDED_LINE = re.compile(
-    rb"\r\n(?:x-forwarded-for|x-forwarded-proto|x-forwarded-host|forwarded)[ \t]*:[^\r]*",
-    re.IGNORECASE,
+    rb"\r\n(?:" + b"|".join(FORWARDING_FIELDS) + rb")[ \t]*:[^\r]*", re.IGNORECASE
 )
 
 

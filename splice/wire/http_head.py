@@ -19,6 +19,7 @@ import h11
 
 from splice.errors import ProtocolError
 from splice.wire.field_lines import FIELD_BLOCK, field_finder, find_fields
+from splice.wire.forwarded import FORWARDING_FIELDS
 
 #: nginx allows 4 x 8 KiB header lines and h11 16 KiB; 64 KiB admits every real
 #: browser head (large cookies included). Bigger gets 431.
@@ -31,12 +32,11 @@ MAX_CL_DIGITS = 18
 _REQUEST_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"
 #: a head the scanner takes whole, up to its blank line: one regex pass, not two
 _STRICT_HEAD = re.compile(_REQUEST_LINE + FIELD_BLOCK.pattern)
-#: a client's forwarding fields: kept from a trusted front, replaced for anyone else
-_FORWARDING = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
-#: the fields routing and framing depend on, and the forwarding ones
+#: the fields routing and framing depend on, and the forwarding ones (noted so the
+#: rewrite can skip looking for them)
 _NAMES = (
     b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
-    b"accept", *_FORWARDING,
+    b"accept", *FORWARDING_FIELDS,
 )  # fmt: skip
 _WANTED = field_finder(_NAMES)
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
