@@ -51,6 +51,7 @@ from bench.targets import (
     SpliceInterpreted,
     Target,
     all_targets,
+    forwarded_note,
     held_cap,
 )
 
@@ -383,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 t.start(env, backend)
                 live.append(t)
+                if t.ep.http and not t.fwd_origin:
+                    t.notes.append(forwarded_note(t.ep.http))
             except Exception as e:
                 entry["skipped"] = f"failed to start: {e}"[:600]
                 print(f"bench: skip {t.name}: {entry['skipped']}", file=sys.stderr)

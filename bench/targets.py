@@ -149,6 +149,44 @@ def held_cap(nofile: int) -> int:
     return haproxy_maxconn(nofile) // 100 * 100
 
 
+#: the backend's path that echoes the forwarding fields it received: each target is
+#: probed once at start, so the table shows every L7 peer adds what splice adds
+FORWARDED_PROBE = "/forwarded"
+FORWARDED_ECHO = (
+    "for=$http_x_forwarded_for host=$http_x_forwarded_host proto=$http_x_forwarded_proto"
+)
+#: what the VM should see from a proxy that adds them, for a client on 127.0.0.1
+FORWARDED_WANT = f"for=127.0.0.1 host={HOST} proto=http"
+#: nginx: the same three fields splice adds by default (``forwarded_headers``); set in
+#: each location, since one proxy_set_header there drops every inherited one
+_NGINX_FORWARDED = (
+    "proxy_set_header Host $host; "
+    "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+    "proxy_set_header X-Forwarded-Host $host; "
+    "proxy_set_header X-Forwarded-Proto $scheme;"
+)
+
+
+def forwarded_note(port: int) -> str:
+    """One GET of the backend's echo through a target: the forwarding fields the VM sees."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", FORWARDED_PROBE, headers={"Host": HOST})
+        resp = conn.getresponse()
+        body = resp.read().decode("ascii", "replace").strip()
+    except (OSError, http.client.HTTPException) as e:
+        return f"forwarding probe failed: {e!r}"[:200]
+    finally:
+        conn.close()
+    if resp.status != 200:
+        return f"forwarding probe: HTTP {resp.status}"
+    if body == FORWARDED_WANT:
+        return "VM sees X-Forwarded-For/-Host/-Proto"
+    if body == "for= host= proto=":
+        return "VM sees no X-Forwarded-* (the request's bytes as sent)"
+    return f"VM sees {body!r}"
+
+
 class Backend:
     """The "VM": nginx with /small (1 KiB) and /big (1 GiB sparse, sendfile) over HTTP and
     TLS, plus bench/ws_echo.py. Every target forwards here."""
@@ -183,6 +221,10 @@ class Backend:
             + f"""  server {{
     listen 127.0.0.1:{self.http} backlog=4096;
     root {www};
+    location = {FORWARDED_PROBE} {{
+      default_type text/plain;
+      return 200 "{FORWARDED_ECHO}";
+    }}
   }}
   server {{
     listen 127.0.0.1:{self.tls} ssl backlog=4096;
@@ -840,6 +882,10 @@ defaults
 
 frontend http_in
   bind 127.0.0.1:{http}
+  # the same three fields splice adds by default (forwarded_headers): like for like
+  option forwardfor
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Forwarded-Proto http
   use_backend alpha if {{ hdr(host) -i {HOST} }}
   use_backend wsecho if {{ hdr(host) -i {WS_HOST} }}
 
@@ -882,7 +928,6 @@ class NginxProxy(Target):
   proxy_max_temp_file_size 0;
   proxy_read_timeout 300s;
   proxy_send_timeout 300s;
-  proxy_set_header Host $host;
   server {{
     listen 127.0.0.1:{http} backlog=4096 default_server;
     return 404;
@@ -890,7 +935,11 @@ class NginxProxy(Target):
   server {{
     listen 127.0.0.1:{http};
     server_name {HOST};
-    location / {{ proxy_pass http://alpha; proxy_set_header Connection ""; }}
+    location / {{
+      proxy_pass http://alpha;
+      proxy_set_header Connection "";
+      {_NGINX_FORWARDED}
+    }}
   }}
   server {{
     listen 127.0.0.1:{http};
@@ -899,6 +948,7 @@ class NginxProxy(Target):
       proxy_pass http://wsecho;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
+      {_NGINX_FORWARDED}
     }}
   }}
 }}

@@ -108,7 +108,7 @@ class EgressTlsConn(TlsConn):
         if addrs is not None:
             self._dial_checked(host, port, addrs)
             return
-        task = self.ctx.loop.create_task(self.ctx.dns.resolve(host))
+        task = self.ctx.reactor.task(self.ctx.dns.resolve(host))
         task.add_done_callback(lambda t: self._dns_done(t, host, port))
 
     def _dns_done(self, task: asyncio.Task[tuple[str, ...]], host: str, port: int) -> None:

@@ -109,7 +109,7 @@ class ForwardConn(HttpConn):
         if addrs is not None:
             self._checked(host, port, addrs, raw)
             return
-        task = self.ctx.loop.create_task(self.ctx.dns.resolve(host))
+        task = self.ctx.reactor.task(self.ctx.dns.resolve(host))
         task.add_done_callback(lambda t: self._dns_done(t, host, port, raw))
 
     def _hand_over(self, head: Head) -> None:
@@ -254,7 +254,7 @@ def hand_over(conn: Relay, **serve: Any) -> None:
     name_gate, policy_gate = policy_gates(ctx, fw)
     client_ip = conn.peer[0]
     sock = conn.detach()
-    task = ctx.loop.create_task(
+    task = ctx.reactor.task(
         serve_forward_socket(
             sock, runtime=ctx.store, policy_gate=policy_gate, name_gate=name_gate,
             client_ip=client_ip, idle_timeout=ctx.cfg.idle_timeout,

@@ -561,7 +561,7 @@ class HttpConn(Relay):
             return False
         switched = peek[:5] == b"HTTP/" and peek[8:12] == b" 101"
         self.state = TUNNEL if switched else READ_HEAD
-        self.ctx.loop.call_soon(self._resume)
+        self.ctx.reactor.soon(self._resume)
         return True
 
     # -- a keep-alive exchange: the response's end, then the upstream is parked ---
@@ -690,7 +690,7 @@ class HttpConn(Relay):
             return False
         if rh.status == 101:  # never asked for, but a tunnel is what it is
             self.state = TUNNEL
-            self.ctx.loop.call_soon(self._resume)
+            self.ctx.reactor.soon(self._resume)
         self._go_blind()
         return False
 

@@ -496,7 +496,7 @@ class Relay:
 
     def resolve_then(self, name: HostName) -> None:
         """A cache miss: the one place a connection starts a Task, and only on a miss."""
-        task = self.ctx.loop.create_task(self.lookup(name))
+        task = self.ctx.reactor.task(self.lookup(name))
         task.add_done_callback(self._resolved)
 
     def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
