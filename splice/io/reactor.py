@@ -16,8 +16,8 @@ most one epoll_ctl per socket.
 Under load the reactor holds the wait itself. Nested, every wake-up goes through two
 epolls: a socket's event wakes this epoll, which wakes uvloop's, which returns to
 Python, which polls this one; the senders (the client, the VM) pay the second
-callback too. Measured against HAProxy on keep-alive requests, the nesting cost
-splice ~6 % of its throughput. So after a busy batch (``HOLD_MIN`` events), the
+callback too. On keep-alive requests the nesting cost splice 4 % of its throughput
+(bench/README.md, "Holding the wait"). So after a busy batch (``HOLD_MIN`` events), the
 reactor takes its fd out of uvloop's epoll, puts uvloop's own epoll fd into its
 own instead, and waits there directly. A hold ends, and the wait goes back to
 uvloop, when any fd uvloop watches is ready (resolver and admin sockets, signals,
