@@ -157,6 +157,8 @@ FORWARDED_ECHO = (
 )
 #: what the VM should see from a proxy that adds them, for a client on 127.0.0.1
 FORWARDED_WANT = f"for=127.0.0.1 host={HOST} proto=http"
+#: and from one that relays the request's bytes as sent
+FORWARDED_NONE = "for= host= proto="
 #: nginx: the same three fields splice adds by default (``forwarded_headers``); set in
 #: each location, since one proxy_set_header there drops every inherited one
 _NGINX_FORWARDED = (
@@ -182,7 +184,7 @@ def forwarded_note(port: int) -> str:
         return f"forwarding probe: HTTP {resp.status}"
     if body == FORWARDED_WANT:
         return "VM sees X-Forwarded-For/-Host/-Proto"
-    if body == "for= host= proto=":
+    if body == FORWARDED_NONE:
         return "VM sees no X-Forwarded-* (the request's bytes as sent)"
     return f"VM sees {body!r}"
 

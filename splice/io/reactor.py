@@ -130,13 +130,7 @@ class Reactor:
         self.loop_wanted = False
         ready = self._epoll.poll(0, BATCH)
         self._run(ready)
-        if (
-            len(ready) >= HOLD_MIN
-            and self._backend >= 0
-            and not self.loop_wanted
-            and not self._holding
-            and not self._closed
-        ):
+        if len(ready) >= HOLD_MIN and self._backend >= 0 and not (self.loop_wanted or self._closed):
             self._hold()
 
     def _hold(self) -> None:
@@ -152,7 +146,7 @@ class Reactor:
                 ready = ep.poll(HOLD_WAIT, BATCH)
                 if not ready or self._run(ready) or self.loop_wanted or self._closed:
                     break
-                if time.monotonic() > end:
+                if time.monotonic() > end:  # uvloop's timers have waited long enough
                     break
         finally:
             self._holding = False
