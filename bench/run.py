@@ -1,12 +1,12 @@
 """Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
 
     python -m bench.run --quick                       # under 4 minutes
-    python -m bench.run --full                        # ~20 minutes
+    python -m bench.run --full                        # ~30 minutes
     python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
 
 Installs missing peers (apt) and matplotlib (pip), starts every process on its own
-free loopback port, measures each (round, scenario, target) in turn so drift hits
-every target alike, stops everything it started (also on Ctrl-C), and writes
+free loopback port, measures each (round, scenario, target) in turn, each round's
+targets one place later than the round before, so drift hits every target alike, stops everything it started (also on Ctrl-C), and writes
 bench/results/<timestamp>.{json,md} + PNGs and latest.* copies.
 """
 
@@ -67,7 +67,7 @@ PROFILES = {
         cold_names=40,
         held_levels=(10000,),
     ),
-    "full": Settings(rounds=3, duration=8.0, warmup=0.5, held_rounds=3, cold_names=150),
+    "full": Settings(rounds=5, duration=8.0, warmup=0.5, held_rounds=3, cold_names=150),
 }
 
 
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument(
         "--quick", action="store_true", help="2 rounds x 2 s, no store scenarios (default)"
     )
-    mode.add_argument("--full", action="store_true", help="3 rounds x 8 s")
+    mode.add_argument("--full", action="store_true", help="5 rounds x 8 s")
     ap.add_argument("--only", help=f"scenarios, comma-separated: {','.join(SCENARIO_NAMES)}")
     ap.add_argument("--targets", help=f"targets, comma-separated: {','.join(TARGET_NAMES)}")
     ap.add_argument("--rounds", type=int, help="override the profile's rounds")
@@ -263,6 +263,14 @@ def _takes_part(sc: Scenario, t: Target) -> bool:
     if sc.targets is not None and t.name not in sc.targets:
         return False
     return t.only is None or sc.name in t.only
+
+
+def rotated(live: list[Target], r: int) -> list[Target]:
+    """The targets in round ``r``'s order: each round starts one place later, so no
+    target always runs first after a scenario change (a newconn run leaves ~10^5
+    sockets in TIME_WAIT) or always right after the same neighbour."""
+    k = r % len(live) if live else 0
+    return live[k:] + live[:k]
 
 
 def _supports(sc: Scenario, t: Target) -> bool:
@@ -398,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             for sc in scs
             if r < getattr(s, sc.rounds_attr)
             if env.store_bulk or sc.name != "replay-bulk"
-            for t in live
+            for t in rotated(live, r)
             if _supports(sc, t)
         ]
         progress = Progress([_weight(sc, s) for _, sc, _ in plan])
