@@ -44,8 +44,12 @@ EDGE_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EDGE_ALL = EDGE_IN | select.EPOLLOUT
 #: events taken per wake-up; more stay queued and the loop calls again at once
 BATCH = 512
-#: a batch this big means load: hold the wait (a lone event goes back to uvloop at once)
-HOLD_MIN = 2
+#: a batch this big means load: hold the wait. Smaller batches go back to uvloop at
+#: once: at 2, TLS passthrough (16 clients, batches of a few events) paid for holds that
+#: mostly ended idle, ~20 % more CPU per connection than with no holds at all; at 8 it
+#: paid ~8 % less than at 2, and keep-alive (64 clients) still holds (bench/README.md,
+#: "Holding the wait")
+HOLD_MIN = 8
 #: how long a hold waits for the next event before it gives the wait back to uvloop
 HOLD_WAIT = 0.001
 #: the longest one hold lasts: how late uvloop's timers may run under load

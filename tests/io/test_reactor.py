@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import uvloop
 
-from splice.io.reactor import EDGE_ALL, Reactor
+from splice.io.reactor import EDGE_ALL, HOLD_MIN, Reactor
 
 #: a bounded wait for events that should (or should not) come
 SETTLE = 0.05
@@ -159,7 +159,7 @@ class Ring:
     event per hop: every batch holds ``lanes`` events (tokens never merge), until
     ``cap`` events or ``stop``."""
 
-    def __init__(self, reactor: Reactor, lanes: int = 4, cap: int = 200_000) -> None:
+    def __init__(self, reactor: Reactor, lanes: int = HOLD_MIN, cap: int = 200_000) -> None:
         self.reactor = reactor
         self.lanes = lanes
         self.pairs = [socket.socketpair() for _ in range(2 * lanes)]
