@@ -6,7 +6,8 @@
 
 Installs missing peers (apt) and matplotlib (pip), starts every process on its own
 free loopback port, measures each (round, scenario, target) in turn, each round's
-targets one place later than the round before, so drift hits every target alike, stops everything it started (also on Ctrl-C), and writes
+targets one place later than the round before, so drift hits every target alike,
+stops everything it started (also on Ctrl-C), and writes
 bench/results/<timestamp>.{json,md} + PNGs and latest.* copies.
 """
 
