@@ -1,7 +1,7 @@
 """Bench entry point: splice vs direct vs peer proxies, interleaved, on loopback.
 
     python -m bench.run --quick                       # under 4 minutes
-    python -m bench.run --full                        # ~30 minutes
+    python -m bench.run --full                        # ~35 minutes
     python -m bench.run --quick --only keepalive,tls --targets direct,splice,haproxy-tcp
 
 Installs missing peers (apt) and matplotlib (pip), starts every process on its own
@@ -270,7 +270,7 @@ def rotated(live: list[Target], r: int) -> list[Target]:
     """The targets in round ``r``'s order: each round starts one place later, so no
     target always runs first after a scenario change (a newconn run leaves ~10^5
     sockets in TIME_WAIT) or always right after the same neighbour."""
-    k = r % len(live) if live else 0
+    k = r % len(live)
     return live[k:] + live[:k]
 
 
