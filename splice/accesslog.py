@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Final, TextIO
 
 #: how stale a line may be before it reaches the log
-FLUSH_EVERY = 0.25
+FLUSH_EVERY: Final = 0.25
 #: an egress connection's (mode, proxy user, address dialled, policy rule); "" or None: -
 Egress = tuple[str, str | None, str, str | None]
 

@@ -12,7 +12,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from splice.config_ops import OPS_KEYS, AdminConfig, parse_ops
 from splice.egress.policy import ForwardPolicy, parse_forward_section
@@ -22,37 +22,43 @@ from splice.routing.policy import DeclaredPort, ShedPolicy
 from splice.store.settings import StoreSettings, parse_store_section
 
 #: shed's own convention: the service a shed runs by default listens on 8080
-DEFAULT_PORT = 8080
+DEFAULT_PORT: Final = 8080
 #: h11 uses 16 KiB; browsers with large cookies exceed that, nginx allows 4 x 8 KiB
 #: per line. 64 KiB admits every real browser head; bigger gets 431.
-MAX_HEAD = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
 #: long enough for a phone on a bad link, short enough to shed slowloris
-HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT: Final = 10.0
 #: a VM on the host bridge answers a SYN in well under a millisecond; 5 s means it is gone
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT: Final = 5.0
 #: how long a retired upstream may take to finish its last response before it is cut
-RETIRE_TIMEOUT = 5.0
+RETIRE_TIMEOUT: Final = 5.0
 #: pipes kept for splicing; each pair is 2 fds and only held while bytes are in flight
-PIPE_POOL = 256
+PIPE_POOL: Final = 256
 #: a keep-alive or spliced connection with no byte either way this long is closed;
 #: long enough for any human pause, short enough that abandoned tabs don't pile up
-IDLE_TIMEOUT = 600.0
+IDLE_TIMEOUT: Final = 600.0
 #: idle keep-alive connections kept per shed port for requests whose client closes
-UPSTREAM_KEEPALIVE = 32
+UPSTREAM_KEEPALIVE: Final = 32
 #: an idle upstream connection older than this is closed: under the 5 s keep-alive
 #: timeout of Node.js and uvicorn, so a reuse rarely races the VM's own close
-UPSTREAM_KEEPALIVE_TIMEOUT = 3.0
+UPSTREAM_KEEPALIVE_TIMEOUT: Final = 3.0
 #: seconds in-flight connections get to finish at SIGTERM
-DRAIN_TIMEOUT = 10.0
+DRAIN_TIMEOUT: Final = 10.0
 
-LISTEN_MODES = ("http", "tls-passthrough", "forward", "egress-http", "egress-tls")
+LISTEN_MODES: Final[tuple[str, ...]] = (
+    "http",
+    "tls-passthrough",
+    "forward",
+    "egress-http",
+    "egress-tls",
+)
 #: listener modes that dial destinations chosen by the client, under ``[forward]`` policy
-EGRESS_MODES = ("forward", "egress-http", "egress-tls")
+EGRESS_MODES: Final[tuple[str, ...]] = ("forward", "egress-http", "egress-tls")
 #: ``[forward]`` keys that belong to other features, not to the destination policy
-_FORWARD_EXTRA = ("store", "trust_bundle")
-DIAL_MODES = ("direct", "connect")
-RESOLVERS = ("static", "shed-api", "metadata")
-PROXY_VERSIONS = ("v1", "v2")
+_FORWARD_EXTRA: Final[tuple[str, ...]] = ("store", "trust_bundle")
+DIAL_MODES: Final[tuple[str, ...]] = ("direct", "connect")
+RESOLVERS: Final[tuple[str, ...]] = ("static", "shed-api", "metadata")
+PROXY_VERSIONS: Final[tuple[str, ...]] = ("v1", "v2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +157,8 @@ class Config:
         return sc.policy if sc is not None else _OPEN
 
 
-_OPEN = ShedPolicy()
-_TOP_KEYS = {
+_OPEN: Final = ShedPolicy()
+_TOP_KEYS: Final = {
     "domains", "default_port", "max_head", "head_timeout", "connect_timeout",
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
     "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",

@@ -11,7 +11,7 @@ import dataclasses
 import time
 from asyncio import AbstractEventLoop
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from splice.accesslog import AccessLog
@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from splice.store.runtime import StoreRuntime
 
 #: how long we keep reading a client after an error page, so a RST does not eat it
-LINGER_TIMEOUT = 2.0
+LINGER_TIMEOUT: Final = 2.0
 #: parsed Host names kept; when full the memo starts over (a scan of random names
 #: then costs what it would without one)
-HOST_MEMO = 4096
+HOST_MEMO: Final = 4096
 
 
 class PortsSource(Protocol):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from splice.accesslog import Egress
 from splice.egress.authority import normalise_host
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 #: bytes peeked at for the hello: its 16 KiB bound, its record headers, a PROXY header
-_PEEK = 20 * 1024
+_PEEK: Final = 20 * 1024
 
 
 class EgressTlsConn(TlsConn):

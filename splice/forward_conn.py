@@ -19,7 +19,7 @@ import asyncio
 import re
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from cachetools import TTLCache
 
@@ -42,18 +42,18 @@ if TYPE_CHECKING:
     from splice.egress_tls import EgressTlsConn
 
 #: what a client that sent CONNECT gets once the destination accepted
-ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+ESTABLISHED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
 # fields that belong to the client-proxy hop, and Host (we set it from the URL)
-_HOP_FIELDS = re.compile(
+_HOP_FIELDS: Final = re.compile(
     rb"\r\n(?:proxy-connection|proxy-authorization|keep-alive|te|trailer|host)[ \t]*:[^\r]*",
     re.IGNORECASE,
 )
-_PROXY_AUTH = re.compile(rb"\r\nproxy-authorization[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
-_CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
+_PROXY_AUTH: Final = re.compile(rb"\r\nproxy-authorization[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
+_CHALLENGE: Final[tuple[tuple[str, str], ...]] = (("Proxy-Authenticate", 'Basic realm="splice"'),)
 #: Proxy-Authorization value -> (user or "" for wrong, the users table it was checked
 #: against). Verifying is slow on purpose (scrypt), so each distinct header is verified
 #: once per 5 minutes per config: a reload brings a new table and every entry is stale.
-_VERIFIED: TTLCache[bytes, tuple[str, Mapping[str, str]]] = TTLCache(maxsize=1024, ttl=300.0)
+_VERIFIED: Final[TTLCache[bytes, tuple[str, Mapping[str, str]]]] = TTLCache(maxsize=1024, ttl=300.0)
 
 
 class _Verify(Exception):

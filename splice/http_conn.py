@@ -30,7 +30,7 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import DONE, EOF, Flow
@@ -49,17 +49,27 @@ if TYPE_CHECKING:
     from splice.context import Context
 
 #: seconds a client should wait before retrying, by error code
-_RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
+_RETRY_AFTER: Final = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
 # what the client side is doing (RESPONSE: the connection's last request is sent)
-READ_HEAD, ROUTING, BODY, CHUNKED, WAIT_UPGRADE, TUNNEL, CLOSING, RESPONSE = range(8)
+READ_HEAD: Final = 0
+ROUTING: Final = 1
+BODY: Final = 2
+CHUNKED: Final = 3
+WAIT_UPGRADE: Final = 4
+TUNNEL: Final = 5
+CLOSING: Final = 6
+RESPONSE: Final = 7
 # what the VM -> client direction of a keep-alive exchange is reading (R_BLIND: not
 # framed, relayed as it comes). A plain int, not Optional: mypyc trusts mypy's narrowing
 # of an attribute across a call that may reset it, and would unbox a None
-R_BLIND, R_HEAD, R_LENGTH, R_CHUNKED = range(4)
+R_BLIND: Final = 0
+R_HEAD: Final = 1
+R_LENGTH: Final = 2
+R_CHUNKED: Final = 3
 #: bytes read per recv while collecting a head
-_READ = 64 * 1024
+_READ: Final = 64 * 1024
 #: client bytes discarded while lingering after an error page, before we give up
-_LINGER_BYTES = 1 << 20
+_LINGER_BYTES: Final = 1 << 20
 
 
 class HttpConn(Relay):

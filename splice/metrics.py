@@ -18,7 +18,7 @@ BUCKETS: Final[tuple[float, ...]] = (
 )  # fmt: skip
 #: per-shed series are kept for at most this many sheds (the rest count as "other"),
 #: so a scan of random names cannot blow up the exposition
-MAX_SHED_SERIES = 256
+MAX_SHED_SERIES: Final = 256
 
 
 class Histogram:

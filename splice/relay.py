@@ -19,7 +19,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from splice.accesslog import Egress
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
@@ -42,17 +42,17 @@ if TYPE_CHECKING:
     from splice.context import Context
 
 #: bytes read per recv from the shed-server while its Connect API answer arrives
-_HANDSHAKE_READ = 16 * 1024
+_HANDSHAKE_READ: Final = 16 * 1024
 # (shed, port, address, dial mode): requests with the same key can share an upstream
 Key = tuple[str, int, str | None, str]
 # (host, shed, port, egress fields): the target a run of requests on a connection reached
 Run = tuple[str, str, int, Egress | None]
 
-_IN = select.EPOLLIN
-_OUT = select.EPOLLOUT
-_NOT_OUT = ~select.EPOLLOUT
+_IN: Final = select.EPOLLIN
+_OUT: Final = select.EPOLLOUT
+_NOT_OUT: Final = ~select.EPOLLOUT
 #: events after which a short read does not prove a socket drained: read to EOF
-_HANGUPS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_HANGUPS: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class Relay:

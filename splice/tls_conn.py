@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import EOF
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from splice.context import Context
 
 #: bytes read per recv while the hello arrives
-_READ = 16 * 1024
+_READ: Final = 16 * 1024
 
 
 class TlsConn(Relay):

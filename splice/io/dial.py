@@ -12,11 +12,11 @@ import _socket
 import errno
 import socket
 import struct
-from typing import cast
+from typing import Final, cast
 
 from splice.errors import BackendError
 
-_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_FLAGS: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 def open_connection(address: str, port: int) -> socket.socket:
@@ -46,7 +46,7 @@ def connect_result(sock: socket.socket) -> int:
 
 
 #: netfilter's SO_ORIGINAL_DST (linux/netfilter_ipv4.h) and IP6T_SO_ORIGINAL_DST
-_SO_ORIGINAL_DST = 80
+_SO_ORIGINAL_DST: Final = 80
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int] | None:

@@ -18,20 +18,21 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from typing import Final
 
 from splice.io.pipes import PIPE_SIZE, PipePool
 
 #: the shared copy buffer: one read that fills it means bulk, so switch to splice
-CHUNK = 64 * 1024
-_BUF = bytearray(CHUNK)
-_MV = memoryview(_BUF)
-_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+CHUNK: Final = 64 * 1024
+_BUF: Final = bytearray(CHUNK)
+_MV: Final = memoryview(_BUF)
+_SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 # what ``pump`` stopped on
-DRAINED = 0  #: src has nothing more now
-BLOCKED = 1  #: dst is full; wait for on_writable
-EOF = 2  #: src sent FIN (all bytes before it were delivered or are pending)
-DONE = 3  #: the budget is spent
+DRAINED: Final = 0  #: src has nothing more now
+BLOCKED: Final = 1  #: dst is full; wait for on_writable
+EOF: Final = 2  #: src sent FIN (all bytes before it were delivered or are pending)
+DONE: Final = 3  #: the budget is spent
 
 
 class Flow:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+from typing import Final
 
 #: 256 KiB pipes: four times the default, so bulk moves in fewer syscalls; pages are
 #: only allocated while bytes are in flight
-PIPE_SIZE = 256 * 1024
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE: Final = 256 * 1024
+_F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class PipePool:

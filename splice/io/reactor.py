@@ -34,26 +34,26 @@ import select
 import time
 from asyncio import AbstractEventLoop, Task
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
-log = logging.getLogger("splice")
+log: Final = logging.getLogger("splice")
 
 #: read and peer half-close, edge-triggered: what a socket is registered for
-EDGE_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+EDGE_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 #: and writability: a connect in progress, or a socket that refused a write
-EDGE_ALL = EDGE_IN | select.EPOLLOUT
+EDGE_ALL: Final = EDGE_IN | select.EPOLLOUT
 #: events taken per wake-up; more stay queued and the loop calls again at once
-BATCH = 512
+BATCH: Final = 512
 #: a batch this big means load: hold the wait. Smaller batches go back to uvloop at
 #: once: at 2, TLS passthrough (16 clients, batches of a few events) paid for holds that
 #: mostly ended idle, ~20 % more CPU per connection than with no holds at all; at 8 it
 #: paid ~8 % less than at 2, and keep-alive (64 clients) still holds (bench/README.md,
 #: "Holding the wait")
-HOLD_MIN = 8
+HOLD_MIN: Final = 8
 #: how long a hold waits for the next event before it gives the wait back to uvloop
-HOLD_WAIT = 0.001
+HOLD_WAIT: Final = 0.001
 #: the longest one hold lasts: how late uvloop's timers may run under load
-HOLD_MAX = 0.002
+HOLD_MAX: Final = 0.002
 
 T = TypeVar("T")
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import fcntl
 import sys
 import termios
+from typing import Final
 
 #: the kernel writes the count here (an int); one buffer is enough, the loop is single-threaded
-_COUNT = bytearray(4)
+_COUNT: Final = bytearray(4)
 
 
 def unread(fd: int) -> int:

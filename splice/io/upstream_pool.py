@@ -15,12 +15,12 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Final
 
 from splice.io.reactor import Reactor
 
 #: any event but "writable" ends an idle connection
-_NOT_OUT = ~select.EPOLLOUT
+_NOT_OUT: Final = ~select.EPOLLOUT
 
 
 class UpstreamPool:

@@ -15,12 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from splice.errors import BackendError, RouteError, SpliceError
 from splice.resolve.base import Endpoint, Resolver
 from splice.resolve.cache import UNAVAILABLE, ResolveCache, copy_error
 
-log = logging.getLogger("splice.resolve")
+log: Final = logging.getLogger("splice.resolve")
 
 
 class ResolverChain:

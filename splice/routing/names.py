@@ -12,33 +12,33 @@ bad label under our domain is RouteError SHED_NOT_FOUND or INVALID_PORT.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from splice.errors import ProtocolError, RouteError
 
 #: shed's own limit on a name (and DNS's limit on a label)
-MAX_NAME = 63
+MAX_NAME: Final = 63
 
 #: shed grammar: ^[a-z][a-z0-9-]*[a-z0-9]$ | ^[a-z]$, at most MAX_NAME chars ("--" checked apart)
-_SHED_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SHED_NAME: Final = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
 #: a port as written in names and paths: 1..65535 without leading zeros (range checked apart)
-_PORT = re.compile(r"[1-9][0-9]{0,4}")
+_PORT: Final = re.compile(r"[1-9][0-9]{0,4}")
 #: PORT-NAME: everything before the first hyphen must be the port
-_PORT_NAME = re.compile(r"([0-9]+)-(.*)")
+_PORT_NAME: Final = re.compile(r"([0-9]+)-(.*)")
 #: NAME-PORT: the port is after the last hyphen
-_NAME_PORT = re.compile(r"(.+)-([1-9][0-9]{0,4})")
+_NAME_PORT: Final = re.compile(r"(.+)-([1-9][0-9]{0,4})")
 #: the common case in one match, on the lower-cased Host: label "." rest ["."] [":" digits]
-_FAST = re.compile(rb"([a-z0-9-]{1,63})\.([a-z0-9.-]*[a-z0-9])\.?(?::[0-9]{0,5})?")
+_FAST: Final = re.compile(rb"([a-z0-9-]{1,63})\.([a-z0-9.-]*[a-z0-9])\.?(?::[0-9]{0,5})?")
 #: visible ASCII only: rejects control characters, spaces and non-ASCII in one pass
-_VISIBLE = re.compile(rb"[\x21-\x7e]+")
+_VISIBLE: Final = re.compile(rb"[\x21-\x7e]+")
 #: RFC 3986 reg-name (unreserved / pct-encoded / sub-delims); "@", "/", "\" etc. are not in it
-_REG_NAME = re.compile(r"[a-z0-9._~%!$&'()*+,;=-]+")
+_REG_NAME: Final = re.compile(r"[a-z0-9._~%!$&'()*+,;=-]+")
 #: RFC 3986 port = *DIGIT; more than five digits is never a port
-_HOST_PORT = re.compile(r"[0-9]{0,5}")
+_HOST_PORT: Final = re.compile(r"[0-9]{0,5}")
 #: "[" IPv6 / IPvFuture "]" [":" port]; the content only has to look like an address
-_IP_LITERAL = re.compile(r"\[[0-9a-z:.%_~-]+\](?::[0-9]{0,5})?")
+_IP_LITERAL: Final = re.compile(r"\[[0-9a-z:.%_~-]+\](?::[0-9]{0,5})?")
 #: digits and dots only: an IPv4 address in any of the forms resolvers accept
-_IPV4ISH = re.compile(r"[0-9.]+")
+_IPV4ISH: Final = re.compile(r"[0-9.]+")
 
 
 class HostName(NamedTuple):

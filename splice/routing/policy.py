@@ -8,11 +8,12 @@ shed design puts at the proxy, so the check lives in one pure function.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from splice.errors import RouteError
 
 #: the TLS port a shed serves when it names none (HTTPS)
-DEFAULT_TLS_PORT = 443
+DEFAULT_TLS_PORT: Final = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +64,4 @@ class ShedPolicy:
 
 
 #: the policy of a shed that config says nothing about
-OPEN_POLICY = ShedPolicy()
+OPEN_POLICY: Final = ShedPolicy()

@@ -12,19 +12,19 @@ without userinfo are accepted. The port is then checked by ``ShedPolicy.pick_por
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from splice.errors import ProtocolError, RouteError
 from splice.routing.names import parse_port
 from splice.routing.policy import ShedPolicy
 
 #: the path prefix that selects a port when the host name cannot (e.g. a fixed DNS name)
-PORT_PREFIX = b"/port/"
+PORT_PREFIX: Final = b"/port/"
 
 #: "/port/" 1*DIGIT, ending at "/", "?" or the end: a whole segment, else it is just a path
-_PREFIX = re.compile(rb"/port/([0-9]+)(?=[/?]|\Z)")
+_PREFIX: Final = re.compile(rb"/port/([0-9]+)(?=[/?]|\Z)")
 #: RFC 9112 absolute-form: scheme "://" authority path-abempty ["?" query]; scheme is ours
-_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([/?].*|)", re.DOTALL)
+_ABSOLUTE: Final = re.compile(rb"(?i:https?)://([^/?#]*)([/?].*|)", re.DOTALL)
 
 
 class Route(NamedTuple):

@@ -12,34 +12,34 @@ of them (ChangeCipherSpec, early data) are left alone.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from splice.errors import ProtocolError
 
 # Real hellos are 200-2000 bytes; post-quantum key shares (ML-KEM hybrids, ~1.2 KB
 # each) push a few to 3-4 KB. 16 KiB is ample headroom yet bounds what one
 # connection may make us buffer before it has been routed anywhere.
-MAX_HELLO = 16 * 1024
+MAX_HELLO: Final = 16 * 1024
 
 # RFC 8446 §5.1: type, legacy_record_version, length.
-_RECORD_HEADER = 5
+_RECORD_HEADER: Final = 5
 # RFC 8446 §4: msg_type, then a 24-bit length.
-_HANDSHAKE_HEADER = 4
+_HANDSHAKE_HEADER: Final = 4
 # RFC 8446 §5.1: a plaintext fragment MUST NOT exceed 2^14 bytes.
-_MAX_FRAGMENT = 1 << 14
+_MAX_FRAGMENT: Final = 1 << 14
 # RFC 8446 §4.1.2: legacy_version (2) and random (32) open the ClientHello body.
-_FIXED_FIELDS = 2 + 32
+_FIXED_FIELDS: Final = 2 + 32
 # RFC 8446 §4.1.2: legacy_session_id is opaque<0..32>.
-_MAX_SESSION_ID = 32
+_MAX_SESSION_ID: Final = 32
 # RFC 1035 §2.3.4: a name is at most 253 characters in text form, a label 63.
-_MAX_NAME = 253
-_MAX_LABEL = 63
+_MAX_NAME: Final = 253
+_MAX_LABEL: Final = 63
 # Letters, digits, hyphen and the dot between labels; underscore too, as real service
 # names (_acme-challenge, docker-compose hosts) use it.
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-_OVERRUN = "ClientHello fields overrun the message"
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+_OVERRUN: Final = "ClientHello fields overrun the message"
 #: a record header and a handshake header: what the one-record fast path reads
-_SINGLE = _RECORD_HEADER + _HANDSHAKE_HEADER - 1
+_SINGLE: Final = _RECORD_HEADER + _HANDSHAKE_HEADER - 1
 
 
 class ContentType(IntEnum):
@@ -61,9 +61,9 @@ class NameType(IntEnum):
 
 
 # plain ints for the per-extension loop: an enum member lookup costs more than a compare
-_SERVER_NAME = int(ExtensionType.server_name)
-_ALPN = int(ExtensionType.application_layer_protocol_negotiation)
-_HOST_NAME = int(NameType.host_name)
+_SERVER_NAME: Final = int(ExtensionType.server_name)
+_ALPN: Final = int(ExtensionType.application_layer_protocol_negotiation)
+_HOST_NAME: Final = int(NameType.host_name)
 
 
 class Hello(NamedTuple):

@@ -11,10 +11,11 @@ offset, as ``^`` with ``re.M`` makes it do (1.7 vs 2.3 µs for a typical respons
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # field-line = field-name ":" OWS field-value OWS ; one CRLF-terminated line each,
 # field-value chars are HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5). No obs-fold.
-FIELD_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+FIELD_BLOCK: Final = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 
 
 def field_finder(names: tuple[bytes, ...]) -> re.Pattern[bytes]:

@@ -9,11 +9,17 @@ Only the head is touched; the body is never read.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 #: the forwarding fields, lower-case: removed from an untrusted client's head
-FORWARDING_FIELDS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
+FORWARDING_FIELDS: Final[tuple[bytes, ...]] = (
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+)
 # field-line at a line start: "\r\n" field-name ":" ... up to the next CR
-_FORWARDED_LINE = re.compile(
+_FORWARDED_LINE: Final = re.compile(
     rb"\r\n(?:" + b"|".join(FORWARDING_FIELDS) + rb")[ \t]*:[^\r]*", re.IGNORECASE
 )
 

@@ -14,6 +14,7 @@ list or duplicate Content-Length, and any transfer-coding but ``chunked`` get 40
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import h11
 
@@ -23,25 +24,25 @@ from splice.wire.forwarded import FORWARDING_FIELDS
 
 #: nginx allows 4 x 8 KiB header lines and h11 16 KiB; 64 KiB admits every real
 #: browser head (large cookies included). Bigger gets 431.
-MAX_HEAD = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
 #: 18 digits is h11's bound too: an int64 body length, and no overflow games
-MAX_CL_DIGITS = 18
+MAX_CL_DIGITS: Final = 18
 
 # request-line = method SP request-target SP HTTP-version   (RFC 9112 §3)
 # method = token ; request-target: visible ASCII (we never accept spaces in it)
-_REQUEST_LINE = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"
+_REQUEST_LINE: Final = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n"
 #: a head the scanner takes whole, up to its blank line: one regex pass, not two
-_STRICT_HEAD = re.compile(_REQUEST_LINE + FIELD_BLOCK.pattern)
+_STRICT_HEAD: Final = re.compile(_REQUEST_LINE + FIELD_BLOCK.pattern)
 #: the fields routing and framing depend on, and the forwarding ones (noted so the
 #: rewrite can skip looking for them)
-_NAMES = (
+_NAMES: Final[tuple[bytes, ...]] = (
     b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
     b"accept", *FORWARDING_FIELDS,
 )  # fmt: skip
-_WANTED = field_finder(_NAMES)
-_DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
+_WANTED: Final = field_finder(_NAMES)
+_DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 # h11 ends a head at LF CR? LF; we find the same end to know what the head consumed
-_H11_HEAD_END = re.compile(rb"\n\r?\n")
+_H11_HEAD_END: Final = re.compile(rb"\n\r?\n")
 
 
 class Head:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import IntEnum
+from typing import Final
 
 from splice.errors import ProtocolError
 from splice.wire.field_lines import FIELD_BLOCK, field_finder, find_fields
@@ -23,14 +24,14 @@ from splice.wire.http_head import MAX_CL_DIGITS, MAX_HEAD
 
 # status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4);
 # a missing SP before an empty reason is common and harmless
-_STATUS_LINE = rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
+_STATUS_LINE: Final = rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
 #: a head the scanner takes whole, up to its blank line: one regex pass, not two
-_STRICT_HEAD = re.compile(_STATUS_LINE + FIELD_BLOCK.pattern)
-_FRAMING_FIELDS = field_finder((b"content-length", b"transfer-encoding", b"connection"))
-_DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
+_STRICT_HEAD: Final = re.compile(_STATUS_LINE + FIELD_BLOCK.pattern)
+_FRAMING_FIELDS: Final = field_finder((b"content-length", b"transfer-encoding", b"connection"))
+_DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 #: every Connection field line, with the CRLF before it (never the status line)
-_CONNECTION_LINE = re.compile(rb"\r\nconnection:[^\r]*", re.I)
-_CLOSE = b"Connection: close\r\n\r\n"
+_CONNECTION_LINE: Final = re.compile(rb"\r\nconnection:[^\r]*", re.I)
+_CLOSE: Final = b"Connection: close\r\n\r\n"
 
 
 class Body(IntEnum):

@@ -13,26 +13,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from splice.errors import ProtocolError
 from splice.wire.cursor import Cursor, Short
 
 # Spec §2.2: the v2 header opens with these 12 bytes, which no other protocol sends.
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 # Spec §2.1: every v1 header starts so.
-_V1_PREFIX = b"PROXY "
+_V1_PREFIX: Final = b"PROXY "
 # Spec §2.1: "PROXY UNKNOWN" with two full IPv6 addresses and ports is 107 bytes.
-V1_MAX = 107
+V1_MAX: Final = 107
 # Spec §2.2: signature, version/command, family/transport, 16-bit payload length.
-_V2_HEADER = 16
+_V2_HEADER: Final = 16
 # IPv6 addresses and ports take 36 bytes, a UNIX block 216; 2 KiB leaves room for
 # every TLV a real proxy sends while bounding what we buffer before routing.
-MAX_V2_PAYLOAD = 2048
+MAX_V2_PAYLOAD: Final = 2048
 # Spec §2.2: the high nibble of the 13th byte.
-_V2_VERSION = 2
+_V2_VERSION: Final = 2
 # Spec §2.2: two UNIX socket paths of 108 bytes each.
-_UNIX_BLOCK = 216
+_UNIX_BLOCK: Final = 216
 
 _Address = IPv4Address | IPv6Address
 
