@@ -223,7 +223,10 @@ def test_under_load_the_reactor_holds_the_wait_yet_uvloop_fds_are_served_at_once
     loop.add_reader(a.fileno(), uv_reader)
 
     def probe(count: int) -> None:
-        if count == 200:
+        # from the 200th hop, the first event handled inside a hold: between two holds
+        # (each ends after HOLD_MAX) one batch goes through uvloop, and a fixed count
+        # could land on it
+        if count >= 200 and "written" not in seen and reactor.holding:
             seen["holding"] = reactor.holding
             seen["written"] = count
             b.send(b"wake")
@@ -231,7 +234,7 @@ def test_under_load_the_reactor_holds_the_wait_yet_uvloop_fds_are_served_at_once
     ring.probe = probe
     run_ring(loop, ring)
     loop.remove_reader(a.fileno())
-    assert seen["holding"] is True
+    assert seen.get("holding") is True
     assert "served" in seen
     assert int(seen["served"]) - int(seen["written"]) <= 2 * ring.lanes
     ring.close()
@@ -320,16 +323,16 @@ def test_closing_the_reactor_from_a_handler_during_a_hold(
     seen: dict[str, bool] = {}
 
     def probe(count: int) -> None:
-        if count == 200:
+        if count >= 200 and not seen and reactor.holding:  # inside a hold (see above)
             seen["holding"] = reactor.holding
             reactor.close()
             ring.done.set_result(count)
 
     ring.probe = probe
     ring.start()
-    assert loop.run_until_complete(asyncio.wait_for(ring.done, 30)) == 200
+    assert loop.run_until_complete(asyncio.wait_for(ring.done, 30)) >= 200
     settle(loop)  # the loop goes on without the closed reactor
-    assert seen["holding"] is True and not reactor.holding
+    assert seen.get("holding") is True and not reactor.holding
     assert not errors
     for a, b in ring.pairs:
         a.close()
