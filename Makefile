@@ -35,7 +35,7 @@ sysdeps:
 
 compiled: $(COMPILED)/.built
 
-$(COMPILED)/.built: $(STAMP) setup.py pyproject.toml $(shell find splice -name '*.py') | sysdeps
+$(COMPILED)/.built: $(STAMP) setup.py pyproject.toml $(shell find splice -name '*.py' -o -name '*.c') | sysdeps
 	rm -rf build
 	SPLICE_COMPILE=1 $(PY) -m pip install -q --no-deps --no-build-isolation --target $(COMPILED) .
 	touch $@

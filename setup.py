@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 #: the modules every request or connection runs through: compiled, none of them is
@@ -58,6 +58,11 @@ COMPILED = [
     "splice/wire/http_response.py",
     "splice/wire/proxy_header.py",
 ]
+
+#: hand-written C, built with the compiled modules: the relay's copy loop, whose cost is
+#: in the socket calls themselves, which mypyc still makes through the C-API
+#: (splice/io/_copy.c says why)
+NATIVE = [Extension("splice.io._copy", ["splice/io/_copy.c"], extra_compile_args=["-O2"])]
 
 MODE = os.environ.get("SPLICE_COMPILE", "")
 #: the setup.py commands that build extensions (not: dist_info, sdist, editable_wheel)
@@ -101,7 +106,7 @@ def extensions() -> list[Any]:
     try:
         from mypyc.build import mypycify
 
-        return list(mypycify(COMPILED, opt_level="3", debug_level="0"))
+        return [*mypycify(COMPILED, opt_level="3", debug_level="0"), *NATIVE]
     except (SystemExit, Exception) as e:  # mypyc missing, or mypy found errors (it exits)
         if MODE == "1":
             raise

@@ -221,7 +221,8 @@ def compiled_problem() -> str | None:
     if not stamp.exists():
         return f"no compiled build in {COMPILED}: run `make compiled` (or pass --build interpreted)"
     built = stamp.stat().st_mtime
-    stale = [p for p in (REPO / "splice").rglob("*.py") if p.stat().st_mtime > built]
+    sources = [*(REPO / "splice").rglob("*.py"), *(REPO / "splice").rglob("*.c")]
+    stale = [p for p in sources if p.stat().st_mtime > built]
     if stale:
         return f"{COMPILED} is older than {stale[0].relative_to(REPO)}: run `make compiled`"
     return None

@@ -1,8 +1,11 @@
 """One direction of a relayed connection: bytes from ``src`` to ``dst``.
 
 Small transfers are copied through one shared 64 KiB buffer (``recv_into`` then
-``send``): no pipe, no allocation. The first read that fills the buffer promotes
-the flow to ``os.splice`` through a pipe from the pool, zero-copy from then on.
+``send``): no pipe, no allocation. The compiled build does that loop in C
+(``splice/io/_copy.c``: one call per event instead of two socket method calls);
+an interpreted install runs the same loop in Python (``copy_py``). The first read
+that fills the buffer promotes the flow to ``os.splice`` through a pipe from the
+pool, zero-copy from then on.
 A flow holds its pipe only while bytes are in flight, so idle connections hold
 none. When ``dst`` is full the flow stops reading ``src`` (backpressure: memory
 stays bounded whatever the sizes), asks for dst's writability (``arm``) and
@@ -22,6 +25,22 @@ from typing import Final
 
 from splice.io.pipes import PIPE_SIZE, PipePool
 
+#: ``copy(src_fd, dst_fd, budget, short_ok) -> (status, nread, tail)``
+CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | None]]
+
+
+def _native_copy() -> CopyLoop | None:
+    """The C copy loop, when this is the compiled build (setup.py builds it with mypyc's)."""
+    try:
+        from splice.io._copy import copy
+    except ImportError:
+        return None
+    return copy
+
+
+#: the C copy loop, or None: ``copy_py`` does the same in Python
+NATIVE_COPY: Final = _native_copy()
+
 #: the shared copy buffer: one read that fills it means bulk, so switch to splice
 CHUNK: Final = 64 * 1024
 _BUF: Final = bytearray(CHUNK)
@@ -33,6 +52,7 @@ DRAINED: Final = 0  #: src has nothing more now
 BLOCKED: Final = 1  #: dst is full; wait for on_writable
 EOF: Final = 2  #: src sent FIN (all bytes before it were delivered or are pending)
 DONE: Final = 3  #: the budget is spent
+_FULL: Final = 4  #: (C loop only) a read filled the buffer: switch to splice
 
 
 class Flow:
@@ -40,6 +60,7 @@ class Flow:
         "arm",
         "blocked",
         "budget",
+        "copy",
         "dst",
         "dst_fd",
         "in_pipe",
@@ -76,6 +97,8 @@ class Flow:
         self.splicing = False
         self.budget = -1
         self.nbytes = 0
+        #: the C copy loop, or None: ``copy_py`` (the tests run each on every build)
+        self.copy = NATIVE_COPY
         #: dst has been shut for writing (our FIN passed on)
         self.shut = False
 
@@ -94,6 +117,31 @@ class Flow:
             r = self._splice()
             if r >= 0:
                 return r
+        copy = self.copy
+        if copy is not None:
+            return self.copy_with(copy, short_ok)
+        return self.copy_py(short_ok)
+
+    def copy_with(self, copy: CopyLoop, short_ok: bool) -> int:
+        """``pump``'s copy through ``copy``, the C loop: one call per event."""
+        while True:
+            r, n, tail = copy(self.src_fd, self.dst_fd, self.budget, short_ok)
+            self.nbytes += n
+            if self.budget > 0:
+                self.budget -= n
+            if r != _FULL:
+                if tail is not None:
+                    self.pending = tail
+                    self.blocked = True
+                    self.arm(self.dst_fd)
+                return r
+            self.splicing = True
+            r = self._splice()
+            if r >= 0:
+                return r
+
+    def copy_py(self, short_ok: bool) -> int:
+        """``pump``'s copy in Python: the loop ``splice/io/_copy.c`` does in C."""
         src, dst = self.src, self.dst
         while True:
             want = CHUNK if self.budget < 0 else min(self.budget, CHUNK)
