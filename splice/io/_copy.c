@@ -23,7 +23,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-/* one read that fills it means bulk: the caller switches to os.splice */
+/* flow.py's CHUNK: one read that fills it means bulk, the caller switches to splice */
 #define CHUNK (64 * 1024)
 
 /* what a call stopped on: the first four are flow.py's DRAINED, BLOCKED, EOF and
@@ -171,12 +171,5 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__copy(void)
 {
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    if (PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return PyModule_Create(&module);
 }
