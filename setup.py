@@ -41,6 +41,7 @@ COMPILED = [
     "splice/io/deadlines.py",
     "splice/io/dial.py",
     "splice/io/flow.py",
+    "splice/io/native.py",
     "splice/io/pipes.py",
     "splice/io/reactor.py",
     "splice/io/unread.py",
@@ -60,8 +61,8 @@ COMPILED = [
 ]
 
 #: hand-written C, built with the compiled modules: the relay's copy loop, whose cost is
-#: in the socket calls themselves, which mypyc still makes through the C-API
-#: (splice/io/_copy.c says why)
+#: in the socket calls themselves, which mypyc still makes through the C-API, and the
+#: fast path that runs it for a tunnel's read events (splice/io/_copy.c says why)
 NATIVE = [Extension("splice.io._copy", ["splice/io/_copy.c"], extra_compile_args=["-O2"])]
 
 MODE = os.environ.get("SPLICE_COMPILE", "")

@@ -188,7 +188,7 @@ class Relay:
     def on_event(self, fd: int, events: int) -> None:
         try:
             if fd == self.cfd:
-                if events & _OUT and self.down is not None and self.down.blocked:
+                if events & _OUT and self.down is not None and not self.down.idle:
                     self.down_writable()
                 if events & _NOT_OUT and not self.closed:
                     self.cshort = not events & _HANGUPS
@@ -198,7 +198,7 @@ class Relay:
                 if self.connecting:
                     self.on_connected(events)
                     return
-                if events & _OUT and self.up_flow is not None and self.up_flow.blocked:
+                if events & _OUT and self.up_flow is not None and not self.up_flow.idle:
                     self.up_writable()
                 if events & _NOT_OUT and not self.closed:
                     self.ushort = not events & _HANGUPS
@@ -273,8 +273,8 @@ class Relay:
         pool, arm = self.ctx.pool, self.ctx.reactor.arm
         self.up_flow = Flow(self.client, up, pool, arm)
         if self.down is not None:
-            self.ndown += self.down.nbytes
             self.down.close()
+            self.ndown += self.down.nbytes
         self.down = Flow(up, self.client, pool, arm)
         self.settle_run()  # the earlier upstream's bytes are all counted by now
 
@@ -303,10 +303,13 @@ class Relay:
         up_flow, down = self.up_flow, self.down
         if handlers.get(fd) is not self or up_flow is None or down is None:
             return
+        # a Side only pumps its flow on a plain read event: the C fast path does the same
         if fd == self.cfd:
             handlers[fd] = Side(self, up_flow, down, self.on_client_eof)
+            up_flow.fast_on()
         elif fd == self.ufd:
             handlers[fd] = Side(self, down, up_flow, self.on_upstream_eof)
+            down.fast_on()
 
     def adopt(self, key: Key, sock: socket.socket) -> None:
         """Take over an idle keep-alive connection to ``key`` (already counted)."""
@@ -399,9 +402,9 @@ class Relay:
         """Bytes moved so far, either way: unchanged between two sweeps means idle."""
         n = self.nup + self.ndown
         if self.up_flow is not None:
-            n += self.up_flow.nbytes
+            n += self.up_flow.total()
         if self.down is not None:
-            n += self.down.nbytes
+            n += self.down.total()
         return n
 
     def idle_timeout(self) -> float:
@@ -544,9 +547,11 @@ class Relay:
         if up is None:
             return None
         if self.up_flow is not None:
-            self.nup += self.up_flow.nbytes
             self.up_flow.close()
+            self.nup += self.up_flow.nbytes
             self.up_flow = None
+        if self.down is not None:  # it reads this socket: off the fast path, by fd number
+            self.down.settle(off=True)
         self.up = None
         self.ufd = -1
         return up
@@ -596,10 +601,10 @@ class Relay:
     def detach(self) -> socket.socket:
         """Give the client socket away (to the store's exchange path): this object ends."""
         self.closed = True
-        self.drop_upstream()
         if self.down is not None:
             self.down.close()
             self.down = None
+        self.drop_upstream()
         self.ctx.reactor.unregister(self.cfd)
         self.outcome = "HANDED_OVER"
         self.ctx.untrack(self)
@@ -609,10 +614,10 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        self.drop_upstream()
-        if self.down is not None:
-            self.ndown += self.down.nbytes
+        if self.down is not None:  # first: it reads the upstream socket
             self.down.close()
+            self.ndown += self.down.nbytes
+        self.drop_upstream()
         self.ctx.reactor.forget(self.cfd)
         self.client.close()
         self.ctx.untrack(self)
@@ -640,7 +645,8 @@ class Side:
         self.eof = eof
 
     def on_event(self, fd: int, events: int) -> None:
-        if events & _HANGUPS or (events & _OUT and self.back.blocked):
+        # ``idle`` also takes in what a stopped fast-path route left: bytes dst refused
+        if events & _HANGUPS or (events & _OUT and not self.back.idle):
             self.conn.on_event(fd, events)
         elif events & _IN:
             try:

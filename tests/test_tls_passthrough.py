@@ -24,6 +24,7 @@ from tls_peers import (
     IO_TIMEOUT,
     BioClient,
     Certs,
+    EchoServer,
     Nginx,
     RawServer,
     SniServer,
@@ -60,6 +61,7 @@ class Net:
     vm2: SniServer
     raw: RawServer
     web: RawServer
+    echo: EchoServer
     nginx_port: int
     dead: int
 
@@ -70,6 +72,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     certs = make_certs(tmp)
     vm, vm2 = SniServer(certs), SniServer(certs)
     raw = RawServer()
+    echo = EchoServer()
     web = RawServer(
         lambda buf: http_response(b"plain http\n") if b"\r\n\r\n" in buf else None,
         close_after_reply=True,
@@ -112,16 +115,20 @@ tls_port = {dead}
 address = "127.0.0.1"
 tls_port = {raw.port}
 
+[sheds.echo]
+address = "127.0.0.1"
+tls_port = {echo.port}
+
 [sheds.web]
 address = "127.0.0.1"
 tls_port = {nginx_port}  # started only by the test that needs it
 """
         splice = Splice(config, tmp, [tls, tls_fb, http])
-        yield Net(certs, splice, tls, tls_fb, http, vm, vm2, raw, web, nginx_port, dead)
+        yield Net(certs, splice, tls, tls_fb, http, vm, vm2, raw, web, echo, nginx_port, dead)
     finally:
         if splice is not None:
             splice.stop()
-        for server in (vm, vm2, raw, web):
+        for server in (vm, vm2, raw, web, echo):
             server.close()
 
 
@@ -459,6 +466,35 @@ def test_the_bytes_pass_untouched_both_ways_and_half_close_is_relayed(net: Net) 
     assert seen.data[: len(hello)] == hello
     assert seen.data == hello + up
     assert received == down
+
+
+def test_a_ping_pong_tunnel_is_counted_to_the_byte_on_its_access_line(net: Net) -> None:
+    """Small messages one at a time, both ways: on the compiled build the C fast path
+    moves them without Python (splice/io/_copy.c); every byte is still counted."""
+    hello = client_hello(net.certs.client_context(), f"echo.{DOMAIN}")
+    messages = [os.urandom(1 + i % 700) for i in range(400)]
+    mark = net.splice.mark()
+    with socket.create_connection(("127.0.0.1", net.tls), timeout=IO_TIMEOUT) as sock:
+        client_port = sock.getsockname()[1]
+        sock.sendall(hello)
+        assert recv_exactly(sock, len(hello)) == hello
+        for m in messages:
+            sock.sendall(m)
+            assert recv_exactly(sock, len(m)) == m
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(sock) == b""
+    n = len(hello) + sum(map(len, messages))
+    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
+    assert f" up={n} down={n} " in line and line.endswith(" OK")
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
 
 
 def test_http_and_tls_listeners_serve_side_by_side_in_one_process(net: Net) -> None:

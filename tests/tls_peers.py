@@ -273,6 +273,14 @@ class SniServer(ThreadedServer):
                 tls.unwrap()
 
 
+class EchoServer(ThreadedServer):
+    """A plain TCP VM that sends back every byte it reads, until the client closes."""
+
+    def handle(self, conn: socket.socket, seen: Seen) -> None:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
 class RawServer(ThreadedServer):
     """A plain TCP VM that records every byte.
 

@@ -16,10 +16,26 @@
  * The GIL stays held: the sockets are non-blocking, so each call returns at once,
  * and releasing and re-taking the GIL twice per event was part of what this saves.
  * The one buffer is shared by every flow of the process; the GIL makes that safe.
+ *
+ * The fast path (``poll``, ``tunnel``, ``untunnel``, ``taken``): once a connection is
+ * a tunnel, most events are "this socket is readable, nothing else": read it, write
+ * the other socket. ``poll`` waits on the reactor's epoll and runs that loop itself
+ * for every socket a flow put on the fast path (``Flow.fast_on``), so such an event
+ * costs no Python at all: no tuple in a list, no handler call, no method call. Any
+ * other event (a hang-up, writability a flow waits for, a socket nobody tunnelled),
+ * and any event whose loop did not end with src drained (end of stream, dst full, a
+ * full buffer, an error), is handed to Python as before. Python may move the flow's
+ * bytes too: one after the other, in one thread, neither leaving any behind. Where
+ * the loop does leave something (the bytes dst refused, an error) the route stops,
+ * and that waits in it until the flow collects it (``untunnel``), which the flow does
+ * before anything else it does; a flow that leaves state of its own (bytes queued, a
+ * pipe, a FIN, a budget) ends its route first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -28,9 +44,12 @@
 
 /* what a call stopped on: the first four are flow.py's DRAINED, BLOCKED, EOF and
  * DONE; FULL means a read filled the buffer (and all of it was sent) */
-enum { DRAINED = 0, BLOCKED = 1, END = 2, DONE = 3, FULL = 4 };
+enum { DRAINED = 0, BLOCKED = 1, END = 2, DONE = 3, FULL = 4, FAILED = -1 };
 
 static char buf[CHUNK];
+
+/* events taken per poll at most (the reactor asks for its BATCH) */
+#define MAX_EVENTS 1024
 
 static PyObject *
 result(int status, Py_ssize_t nread, PyObject *tail)
@@ -69,16 +88,60 @@ as_fd(PyObject *o, int *fd)
     return 0;
 }
 
-/* a syscall failed with errno set: -1 to retry (EINTR), 0 for EAGAIN, else raise */
+/* The loop: until src has nothing more, dst refuses bytes, src ends, the budget is
+ * spent or a read fills the buffer. Adds the bytes read to *total; on BLOCKED the bytes
+ * dst refused are buf[*lo:*hi]; on FAILED *err is the errno. EINTR is retried: the
+ * sockets are non-blocking, and a signal's handler runs once control is back in Python.
+ */
 static int
-failed(void)
+move(int src, int dst, Py_ssize_t budget, int short_ok, Py_ssize_t *total, Py_ssize_t *lo,
+     Py_ssize_t *hi, int *err)
 {
-    if (errno == EINTR)
-        return PyErr_CheckSignals() ? 1 : -1;
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
-        return 0;
-    PyErr_SetFromErrno(PyExc_OSError);
-    return 1;
+    ssize_t n, sent;
+    size_t want;
+
+    for (;;) {
+        want = CHUNK;
+        if (budget >= 0) {
+            if (budget == 0)
+                return DONE;
+            if ((size_t)budget < want)
+                want = (size_t)budget;
+        }
+        do
+            n = recv(src, buf, want, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return DRAINED;
+            *err = errno;
+            return FAILED;
+        }
+        if (n == 0)
+            return END;
+        *total += n;
+        if (budget > 0)
+            budget -= n;
+        do
+            sent = send(dst, buf, (size_t)n, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                *err = errno;
+                return FAILED;
+            }
+            sent = 0;
+        }
+        if (sent < n) {
+            *lo = sent;
+            *hi = n;
+            return BLOCKED;
+        }
+        if (n == CHUNK)
+            return FULL;
+        if (short_ok && (size_t)n < want)
+            return DRAINED;
+    }
 }
 
 PyDoc_STRVAR(copy_doc,
@@ -93,10 +156,8 @@ PyDoc_STRVAR(copy_doc,
 static PyObject *
 copy(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    int src, dst, r;
-    Py_ssize_t budget, total = 0;
-    ssize_t n, sent;
-    size_t want;
+    int src, dst, r, err = 0;
+    Py_ssize_t budget, total = 0, lo = 0, hi = 0;
 
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "copy() takes 4 arguments (%zd given)", nargs);
@@ -110,60 +171,234 @@ copy(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     r = PyObject_IsTrue(args[3]);
     if (r < 0)
         return NULL;
-    const int short_ok = r;
+    r = move(src, dst, budget, r, &total, &lo, &hi, &err);
+    if (r == FAILED) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (r == BLOCKED) {
+        PyObject *tail = PyByteArray_FromStringAndSize(buf + lo, hi - lo);
+        return tail == NULL ? NULL : result(BLOCKED, total, tail);
+    }
+    return result(r, total, NULL);
+}
 
-    for (;;) {
-        want = CHUNK;
-        if (budget >= 0) {
-            if (budget == 0)
-                return result(DONE, total, NULL);
-            if ((size_t)budget < want)
-                want = (size_t)budget;
-        }
-        n = recv(src, buf, want, 0);
-        if (n < 0) {
-            r = failed();
-            if (r < 0)
-                continue;
-            return r ? NULL : result(DRAINED, total, NULL);
-        }
-        if (n == 0)
-            return result(END, total, NULL);
-        total += n;
-        if (budget > 0)
-            budget -= n;
-        for (;;) {
-            sent = send(dst, buf, (size_t)n, MSG_NOSIGNAL);
-            if (sent >= 0)
-                break;
-            r = failed();
-            if (r > 0)
-                return NULL;
-            if (r == 0) {
-                sent = 0;
-                break;
+/* -- the fast path ---------------------------------------------------------- */
+
+/* One socket's route: where its bytes go while it is on the fast path, and what the
+ * loop left there when it stopped. Indexed by fd; dst == -1: no route. */
+typedef struct {
+    int dst;
+    int on;           /* poll moves its bytes; 0 once its loop left something */
+    int err;          /* the errno the loop stopped on, 0 if none */
+    Py_ssize_t count; /* bytes read since the flow last collected them */
+    PyObject *tail;   /* the bytes dst refused (a bytearray, owned), or NULL */
+} route;
+
+static route *routes;
+static int nroutes;
+
+static route *
+route_of(int fd)
+{
+    return (fd >= 0 && fd < nroutes && routes[fd].dst >= 0) ? &routes[fd] : NULL;
+}
+
+PyDoc_STRVAR(tunnel_doc,
+"tunnel(src_fd, dst_fd)\n\n"
+"Put src_fd on the fast path: from now on poll() reads it and writes dst_fd\n"
+"itself on each plain read event. The caller's flow must be idle (nothing queued\n"
+"for dst, no pipe in use) and must collect with untunnel() before it acts on\n"
+"what the route may have left.");
+
+static PyObject *
+tunnel(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int src, dst;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "tunnel() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_fd(args[0], &src) || as_fd(args[1], &dst))
+        return NULL;
+    if (src >= nroutes) {
+        int n = nroutes ? nroutes : 256;
+        while (n <= src)
+            n *= 2;
+        route *grown = PyMem_Realloc(routes, (size_t)n * sizeof(route));
+        if (grown == NULL)
+            return PyErr_NoMemory();
+        for (int i = nroutes; i < n; i++)
+            grown[i] = (route){.dst = -1};
+        routes = grown;
+        nroutes = n;
+    }
+    route *r = &routes[src];
+    Py_CLEAR(r->tail);
+    *r = (route){.dst = dst, .on = 1};
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(untunnel_doc,
+"untunnel(src_fd, force) -> (nread, tail, errno) or None\n\n"
+"Take src_fd off the fast path and return what it did there: the bytes read\n"
+"since the last collection, the bytes dst refused when the loop stopped (a\n"
+"bytearray, or None), and the errno of the error it stopped on (0: none).\n"
+"Without force, a route that still runs stays and None is returned. A socket\n"
+"with no route returns (0, None, 0).");
+
+static PyObject *
+untunnel(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int src, force;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "untunnel() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_fd(args[0], &src))
+        return NULL;
+    force = PyObject_IsTrue(args[1]);
+    if (force < 0)
+        return NULL;
+    route *r = route_of(src);
+    if (r == NULL)
+        return Py_BuildValue("(nOi)", (Py_ssize_t)0, Py_None, 0);
+    if (r->on && !force)
+        Py_RETURN_NONE;
+    route was = *r;
+    *r = (route){.dst = -1};
+    PyObject *out = Py_BuildValue("(nOi)", was.count, was.tail ? was.tail : Py_None, was.err);
+    Py_XDECREF(was.tail);
+    return out;
+}
+
+PyDoc_STRVAR(taken_doc,
+"taken(src_fd) -> int\n\n"
+"The bytes poll() read from src_fd since the last collection; they count as\n"
+"collected now. The route stays.");
+
+static PyObject *
+taken(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int src;
+
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "taken() takes 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_fd(args[0], &src))
+        return NULL;
+    route *r = route_of(src);
+    Py_ssize_t n = 0;
+    if (r != NULL) {
+        n = r->count;
+        r->count = 0;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+PyDoc_STRVAR(poll_doc,
+"poll(epoll_fd, maxevents, timeout_ms) -> (nevents, [(fd, events), ...])\n\n"
+"epoll_wait, then the copy loop for every plain read event of a socket on the\n"
+"fast path. The list holds the events left for Python; nevents counts all of\n"
+"them. The GIL is released while waiting, unless timeout_ms is 0.");
+
+static PyObject *
+poll(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    struct epoll_event evs[MAX_EVENTS];
+    int epfd, maxevents, timeout, n;
+
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "poll() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (as_fd(args[0], &epfd))
+        return NULL;
+    maxevents = PyLong_AsLong(args[1]);
+    timeout = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (maxevents <= 0 || maxevents > MAX_EVENTS)
+        maxevents = MAX_EVENTS;
+    if (timeout == 0) {
+        n = epoll_wait(epfd, evs, maxevents, 0);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(epfd, evs, maxevents, timeout);
+        Py_END_ALLOW_THREADS
+    }
+    if (n < 0) {
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        if (PyErr_CheckSignals())
+            return NULL;
+        n = 0;
+    }
+    PyObject *left = PyList_New(0);
+    if (left == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        uint32_t events = evs[i].events;
+        route *r = route_of(fd);
+        if (r != NULL && r->on) {
+            uint32_t rest = events & ~(uint32_t)EPOLLOUT;
+            /* writability matters only to the flow back into this socket, and only
+             * while it waits for it; it does not wait while it is on the fast path
+             * (a flow that waits never is). A socket that was ever armed, such as an
+             * upstream armed for its connect, reports writability on every ACK. */
+            if (events & EPOLLOUT) {
+                route *back = route_of(r->dst);
+                if (back == NULL || !back->on || back->dst != fd)
+                    rest = events;
+                else if (rest == 0)
+                    continue; /* writability nobody waits for */
+            }
+            if (rest == EPOLLIN) {
+                Py_ssize_t lo = 0, hi = 0;
+                /* no hang-up came with this edge: a short read proves src drained */
+                int s = move(fd, r->dst, -1, 1, &r->count, &lo, &hi, &r->err);
+                if (s == DRAINED)
+                    continue;
+                if (s == BLOCKED || s == FAILED) /* it left something: stop */
+                    r->on = 0;
+                if (s == BLOCKED) {
+                    r->tail = PyByteArray_FromStringAndSize(buf + lo, hi - lo);
+                    if (r->tail == NULL)
+                        goto fail;
+                }
             }
         }
-        if (sent < n) {
-            PyObject *tail = PyByteArray_FromStringAndSize(buf + sent, n - sent);
-            return tail == NULL ? NULL : result(BLOCKED, total, tail);
-        }
-        if (n == CHUNK)
-            return result(FULL, total, NULL);
-        if (short_ok && (size_t)n < want)
-            return result(DRAINED, total, NULL);
+        PyObject *item = Py_BuildValue("(iI)", fd, events);
+        if (item == NULL)
+            goto fail;
+        int bad = PyList_Append(left, item);
+        Py_DECREF(item);
+        if (bad)
+            goto fail;
     }
+    return Py_BuildValue("(iN)", n, left);
+fail:
+    Py_DECREF(left);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL, copy_doc},
+    {"poll", (PyCFunction)(void (*)(void))poll, METH_FASTCALL, poll_doc},
+    {"tunnel", (PyCFunction)(void (*)(void))tunnel, METH_FASTCALL, tunnel_doc},
+    {"untunnel", (PyCFunction)(void (*)(void))untunnel, METH_FASTCALL, untunnel_doc},
+    {"taken", (PyCFunction)(void (*)(void))taken, METH_FASTCALL, taken_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "splice.io._copy",
-    .m_doc = "The copy loop of a relayed flow, in C (see splice/io/flow.py).",
+    .m_doc = "The copy loop of a relayed flow and the fast path of tunnel events, in C.",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -14,6 +14,14 @@ resumes from ``on_writable``.
 ``budget`` caps how much is read from ``src`` (an exact Content-Length body);
 -1 means no cap. Sockets are non-blocking; errors such as a reset propagate as
 ``OSError`` to the connection, which closes both sides.
+
+In a tunnel the connection puts the flow on the C fast path (``fast_on``): the
+reactor's ``poll`` then moves src's bytes on plain read events without calling
+Python. Both may move bytes of the same flow, one after the other in one thread, as
+long as neither leaves any behind: so whatever the flow does (pump, write, flush,
+finish) it first collects what a route that stopped left (the bytes dst refused, the
+error), and it takes src off the fast path when it leaves state of its own that the C
+loop must not run beside (bytes queued, a pipe in use, a FIN passed on, a budget).
 """
 
 from __future__ import annotations
@@ -23,23 +31,8 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
+from splice.io.native import FAST, NATIVE_COPY, CopyLoop
 from splice.io.pipes import PIPE_SIZE, PipePool
-
-#: ``copy(src_fd, dst_fd, budget, short_ok) -> (status, nread, tail)``
-CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | None]]
-
-
-def _native_copy() -> CopyLoop | None:
-    """The C copy loop, when this is the compiled build (setup.py builds it with mypyc's)."""
-    try:
-        from splice.io._copy import copy
-    except ImportError:
-        return None
-    return copy
-
-
-#: the C copy loop, or None: ``copy_py`` does the same in Python
-NATIVE_COPY: Final = _native_copy()
 
 #: the shared copy buffer: one read that fills it means bulk, so switch to splice
 CHUNK: Final = 64 * 1024
@@ -63,6 +56,7 @@ class Flow:
         "copy",
         "dst",
         "dst_fd",
+        "fast",
         "in_pipe",
         "nbytes",
         "pending",
@@ -101,6 +95,9 @@ class Flow:
         self.copy = NATIVE_COPY
         #: dst has been shut for writing (our FIN passed on)
         self.shut = False
+        #: 1: src has a route on the C fast path; 0: none; -errno: the route stopped on
+        #: that error, which the next pump, write or flush raises
+        self.fast = 0
 
     def pump(self, short_ok: bool = False) -> int:
         """Move bytes until src is drained, dst is full, src ends, or the budget is spent.
@@ -111,6 +108,8 @@ class Flow:
         the pipe runs out of buffer slots while the socket still holds data, and with
         a full receive window no new edge would ever come.
         """
+        if self.fast:
+            self._collect()
         if self.blocked:
             return BLOCKED
         if self.splicing:
@@ -134,8 +133,10 @@ class Flow:
                     self.pending = tail
                     self.blocked = True
                     self.arm(self.dst_fd)
+                    self.settle(off=True)
                 return r
             self.splicing = True
+            self.settle(off=True)
             r = self._splice()
             if r >= 0:
                 return r
@@ -164,9 +165,11 @@ class Flow:
                 self.pending = bytearray(_MV[sent:n])
                 self.blocked = True
                 self.arm(self.dst_fd)
+                self.settle(off=True)
                 return BLOCKED
             if n == CHUNK:
                 self.splicing = True
+                self.settle(off=True)
                 r = self._splice()
                 if r >= 0:
                     return r
@@ -176,6 +179,7 @@ class Flow:
     def pump_at_most(self, limit: int, short_ok: bool = False) -> tuple[int, int]:
         """``pump`` reading at most ``limit`` (> 0) bytes of src: an exact body, a
         chunk's data. Returns what ``pump`` returns and how many bytes it read."""
+        self.settle(off=True)  # the C loop knows no budget
         self.budget = limit
         r = self.pump(short_ok)
         moved = limit - self.budget
@@ -223,6 +227,8 @@ class Flow:
 
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` after anything already queued; True when all of it went out."""
+        if self.fast:
+            self._collect()
         self.nbytes += len(data)
         if self.blocked:
             if self.pending is None:
@@ -238,11 +244,14 @@ class Flow:
             self.pending = bytearray(memoryview(data)[sent:])
             self.blocked = True
             self.arm(self.dst_fd)
+            self.settle(off=True)
             return False
         return True
 
     def on_writable(self) -> bool:
         """Flush what dst refused before; True when the flow may pump again."""
+        if self.fast:
+            self._collect()
         if not self.blocked:
             return False
         if self.in_pipe and self.pipe is not None:
@@ -271,6 +280,9 @@ class Flow:
 
     def finish(self) -> None:
         """Pass src's FIN on to dst once everything queued has been written."""
+        if self.fast:
+            self._collect()
+        self.settle(off=True)
         self.shut = True
         if not self.blocked:
             self._shutdown()
@@ -284,10 +296,73 @@ class Flow:
     @property
     def idle(self) -> bool:
         """Nothing is queued for dst."""
+        if self.fast > 0:
+            self.settle()
         return not self.blocked
 
+    # -- the C fast path (splice/io/_copy.c) ------------------------------------
+
+    def fast_on(self) -> None:
+        """Let the reactor's C ``poll`` move src's bytes on plain read events.
+
+        For a tunnel's flow, once src's events only pump it (``Relay.relay_only``).
+        Only an idle flow goes on: nothing queued, no pipe, no FIN, no budget, and the C
+        copy loop in use (a test may pick the Python one).
+        """
+        if (
+            FAST is None
+            or self.fast
+            or self.copy is None
+            or self.blocked
+            or self.splicing
+            or self.shut
+            or self.budget >= 0
+        ):
+            return
+        FAST.tunnel(self.src_fd, self.dst_fd)
+        self.fast = 1
+
+    def settle(self, off: bool = False) -> None:
+        """Fold in what a stopped route left (``off``: end the route either way).
+
+        Never raises: an error the route stopped on waits in ``fast`` for the next
+        pump, write or flush.
+        """
+        if self.fast <= 0:
+            return
+        assert FAST is not None
+        got = FAST.untunnel(self.src_fd, off)
+        if got is None:  # the route runs on, and left nothing
+            return
+        n, tail, err = got
+        self.nbytes += n
+        if tail is not None:  # dst refused these: they go first, once it drains
+            self.pending = tail
+            self.blocked = True
+            self.arm(self.dst_fd)
+        self.fast = -err
+
+    def _collect(self) -> None:
+        """``settle``, then raise the error the route stopped on, if any."""
+        self.settle()
+        if self.fast < 0:
+            err, self.fast = -self.fast, 0
+            raise OSError(err, os.strerror(err))
+
+    def total(self) -> int:
+        """Bytes read from src so far, the fast path's included."""
+        if self.fast > 0:
+            assert FAST is not None
+            self.nbytes += FAST.taken(self.src_fd)
+        return self.nbytes
+
     def close(self) -> None:
-        """Give the pipe back (closed if it still holds bytes of this dead connection)."""
+        """Give the pipe back (closed if it still holds bytes of this dead connection).
+
+        Call it before src is closed: it takes src off the fast path, whose route is
+        by fd number.
+        """
+        self.settle(off=True)
         if self.pipe is not None:
             self.pool.give(self.pipe, self.in_pipe == 0)
             self.pipe = None

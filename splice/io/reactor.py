@@ -22,9 +22,13 @@ reactor takes its fd out of uvloop's epoll, puts uvloop's own epoll fd into its
 own instead, and waits there directly. A hold ends, and the wait goes back to
 uvloop, when any fd uvloop watches is ready (resolver and admin sockets, signals,
 the control channel), when a handler gives the loop work (``soon``, ``task``),
-when no event comes for ``HOLD_WAIT``, or after ``HOLD_MAX``: uvloop's timers
+when no event comes for ``HOLD_WAIT_MS``, or after ``HOLD_MAX``: uvloop's timers
 wait no longer than that. Setting a hold up and undoing it costs ~6 µs (uvloop makes
 a new poll handle for the fd it gets back), so a lone event never starts one.
+
+On the compiled build the wait is the C fast path's ``poll`` (``splice/io/_copy.c``):
+it moves the bytes of a tunnel's plain read events itself and returns only the
+events left for Python, with the count of all of them (a hold counts both).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import time
 from asyncio import AbstractEventLoop, Task
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
+
+from splice.io.native import FAST
 
 log: Final = logging.getLogger("splice")
 
@@ -50,8 +56,8 @@ BATCH: Final = 512
 #: paid ~8 % less than at 2, and keep-alive (64 clients) still holds (bench/README.md,
 #: "Holding the wait")
 HOLD_MIN: Final = 8
-#: how long a hold waits for the next event before it gives the wait back to uvloop
-HOLD_WAIT: Final = 0.001
+#: how long a hold waits for the next event before it gives the wait back to uvloop (ms)
+HOLD_WAIT_MS: Final = 1
 #: the longest one hold lasts: how late uvloop's timers may run under load
 HOLD_MAX: Final = 0.002
 
@@ -68,6 +74,7 @@ class Reactor:
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
         self._epoll = select.epoll()
+        self._efd = self._epoll.fileno()
         self.handlers: dict[int, Handler] = {}
         #: fds that are (or, once registered, will be) registered for EPOLLOUT
         self.armed: set[int] = set()
@@ -119,6 +126,8 @@ class Reactor:
         """Drop the handler of an fd about to be closed (close removes it from epoll)."""
         self.handlers.pop(fd, None)
         self.armed.discard(fd)
+        if FAST is not None:  # its flow took it off already; a route by a reused fd
+            FAST.untunnel(fd, True)  # number would send a stranger's bytes
 
     def unregister(self, fd: int) -> None:
         """Remove an fd that stays open (a listener being paused)."""
@@ -132,9 +141,9 @@ class Reactor:
     def _dispatch(self) -> None:
         """uvloop's callback: this epoll is ready. Hold the wait after a busy batch."""
         self.loop_wanted = False
-        ready = self._epoll.poll(0, BATCH)
+        n, ready = self._poll(0)
         self._run(ready)
-        if len(ready) >= HOLD_MIN and self._backend >= 0 and not (self.loop_wanted or self._closed):
+        if n >= HOLD_MIN and self._backend >= 0 and not (self.loop_wanted or self._closed):
             self._hold()
 
     def _hold(self) -> None:
@@ -147,8 +156,8 @@ class Reactor:
         end = time.monotonic() + HOLD_MAX
         try:
             while True:
-                ready = ep.poll(HOLD_WAIT, BATCH)
-                if not ready or self._run(ready) or self.loop_wanted or self._closed:
+                n, ready = self._poll(HOLD_WAIT_MS)
+                if not n or self._run(ready) or self.loop_wanted or self._closed:
                     break
                 if time.monotonic() > end:  # uvloop's timers have waited long enough
                     break
@@ -157,6 +166,13 @@ class Reactor:
             if not self._closed:
                 ep.unregister(backend)
                 loop.add_reader(efd, self._dispatch)
+
+    def _poll(self, timeout_ms: int) -> tuple[int, list[tuple[int, int]]]:
+        """How many events came, and those its handlers get (all, without the C path)."""
+        if FAST is not None:
+            return FAST.poll(self._efd, BATCH, timeout_ms)
+        ready = self._epoll.poll(timeout_ms / 1000, BATCH)
+        return len(ready), ready
 
     def _run(self, ready: list[tuple[int, int]]) -> bool:
         """Hand each event to its handler; True when uvloop's epoll was among them."""

@@ -2,59 +2,33 @@
 
 Every test runs twice: through the copy loop in Python (``copy_py``) and through the C
 one (``splice/io/_copy.c``). The compiled build ships the C loop; on the interpreted
-run it is compiled here from the same source, so both builds test both loops.
+run it is compiled here from the same source (conftest.py), so both builds test both
+loops.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
-import shutil
 import socket
-import struct
-import subprocess
-import sysconfig
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import loopback
 import pytest
 
-import splice.io
 from splice.build import build
 from splice.io import flow as flow_mod
-from splice.io.flow import BLOCKED, CHUNK, DONE, DRAINED, EOF, CopyLoop, Flow
-from splice.io.pipes import PipePool
-
-Pair = tuple[socket.socket, socket.socket]
-#: SO_LINGER on, 0 s: close() sends RST
-_RST = struct.pack("ii", 1, 0)
-
-
-def _compile_copy(tmp: Path) -> CopyLoop:
-    """The C loop: the installed one, else built from ``_copy.c`` with Python's compiler."""
-    if flow_mod.NATIVE_COPY is not None:
-        return flow_mod.NATIVE_COPY
-    src = Path(splice.io.__file__).parent / "_copy.c"
-    out = tmp / f"_copy{sysconfig.get_config_var('EXT_SUFFIX')}"
-    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    cc = cc if shutil.which(cc) else "cc"
-    include = sysconfig.get_paths()["include"]
-    cmd = [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include}", str(src), "-o"]
-    subprocess.run([*cmd, str(out)], check=True, timeout=120)
-    spec = importlib.util.spec_from_file_location("_copy", out)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    copy: CopyLoop = mod.copy
-    return copy
+from splice.io.flow import BLOCKED, CHUNK, DONE, DRAINED, EOF
+from splice.io.native import CopyLoop
 
 
 @pytest.fixture(scope="module")
-def c_copy(tmp_path_factory: pytest.TempPathFactory) -> CopyLoop:
-    return _compile_copy(tmp_path_factory.mktemp("copy"))
+def c_copy(c_module: ModuleType) -> CopyLoop:
+    copy: CopyLoop = c_module.copy
+    return copy
 
 
 @pytest.fixture(params=["python", "c"])
@@ -63,51 +37,16 @@ def loop(request: pytest.FixtureRequest, c_copy: CopyLoop) -> CopyLoop | None:
     return None if request.param == "python" else c_copy
 
 
-def _pair(rcvbuf: int = 0) -> Pair:
-    with socket.create_server(("127.0.0.1", 0)) as ls:
-        if rcvbuf:
-            ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        a = socket.create_connection(ls.getsockname())
-        b, _ = ls.accept()
-    for s in (a, b):
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return a, b
-
-
-class Rig:
-    """writer -> src ==Flow==> dst -> reader"""
+class Rig(loopback.Rig):
+    """writer -> src ==Flow==> dst -> reader, through the loop under test."""
 
     def __init__(self, loop: CopyLoop | None, small_dst: bool = False) -> None:
-        self.writer, self.src = _pair()
-        self.dst, self.reader = _pair(rcvbuf=4096 if small_dst else 0)
-        if small_dst:
-            self.dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        self.src.setblocking(False)
-        self.dst.setblocking(False)
-        self.pool = PipePool(4)
-        self.armed: list[int] = []
-        self.flow = Flow(self.src, self.dst, self.pool, self.armed.append)
+        super().__init__(small_dst)
         self.flow.copy = loop
 
     def send(self, data: bytes) -> None:
         self.writer.sendall(data)
         select.select([self.src], [], [], 5.0)
-
-    def read(self, n: int) -> bytes:
-        self.reader.settimeout(5.0)
-        got = bytearray()
-        while len(got) < n:
-            chunk = self.reader.recv(n - len(got))
-            if not chunk:
-                break
-            got += chunk
-        return bytes(got)
-
-    def close(self) -> None:
-        self.flow.close()
-        self.pool.close()
-        for s in (self.writer, self.src, self.dst, self.reader):
-            s.close()
 
 
 @pytest.fixture
@@ -231,7 +170,7 @@ def test_a_full_buffer_switches_to_splice_and_bulk_stays_intact(rig: Callable[..
 
 def test_writing_to_a_reset_peer_raises_oserror(rig: Callable[..., Rig]) -> None:
     r = rig()
-    r.reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+    r.reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, loopback.RST)
     r.reader.close()  # RST
     time.sleep(0.01)
     r.send(b"into the void")
@@ -243,7 +182,7 @@ def test_writing_to_a_reset_peer_raises_oserror(rig: Callable[..., Rig]) -> None
 
 def test_reading_a_reset_src_raises_oserror(rig: Callable[..., Rig]) -> None:
     r = rig()
-    r.writer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+    r.writer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, loopback.RST)
     r.writer.close()  # RST
     select.select([r.src], [], [], 5.0)
     with pytest.raises(ConnectionResetError):

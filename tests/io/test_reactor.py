@@ -301,7 +301,7 @@ def test_after_a_hold_the_wait_is_back_with_uvloop(
     reactor = Reactor(loop)
     ring = Ring(reactor, cap=500)
     run_ring(loop, ring)
-    settle(loop)  # no event for longer than HOLD_WAIT: the hold has ended
+    settle(loop)  # no event for longer than HOLD_WAIT_MS: the hold has ended
     assert not reactor.holding
     a, b = pair
     rec = Recorder()
