@@ -367,8 +367,13 @@ poll(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                     r->on = 0;
                 if (s == BLOCKED) {
                     r->tail = PyByteArray_FromStringAndSize(buf + lo, hi - lo);
-                    if (r->tail == NULL)
-                        goto fail;
+                    if (r->tail == NULL) {
+                        /* the refused bytes cannot be kept: the flow gets ENOMEM and
+                         * the connection is reset; the rest of the batch still runs,
+                         * as its events come only once */
+                        PyErr_Clear();
+                        r->err = ENOMEM;
+                    }
                 }
             }
         }
