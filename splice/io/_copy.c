@@ -74,6 +74,17 @@ result(int status, Py_ssize_t nread, PyObject *tail)
     return t;
 }
 
+/* 0 when a function got its ``want`` arguments, else -1 with a TypeError set */
+static int
+arity(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd argument%s (%zd given)", name, want,
+                 want == 1 ? "" : "s", nargs);
+    return -1;
+}
+
 static int
 as_fd(PyObject *o, int *fd)
 {
@@ -159,10 +170,8 @@ copy(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     int src, dst, r, err = 0;
     Py_ssize_t budget, total = 0, lo = 0, hi = 0;
 
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "copy() takes 4 arguments (%zd given)", nargs);
+    if (arity("copy", nargs, 4))
         return NULL;
-    }
     if (as_fd(args[0], &src) || as_fd(args[1], &dst))
         return NULL;
     budget = PyLong_AsSsize_t(args[2]);
@@ -216,10 +225,8 @@ tunnel(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     int src, dst;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "tunnel() takes 2 arguments (%zd given)", nargs);
+    if (arity("tunnel", nargs, 2))
         return NULL;
-    }
     if (as_fd(args[0], &src) || as_fd(args[1], &dst))
         return NULL;
     if (src >= nroutes) {
@@ -253,10 +260,8 @@ untunnel(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     int src, force;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "untunnel() takes 2 arguments (%zd given)", nargs);
+    if (arity("untunnel", nargs, 2))
         return NULL;
-    }
     if (as_fd(args[0], &src))
         return NULL;
     force = PyObject_IsTrue(args[1]);
@@ -284,10 +289,8 @@ taken(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     int src;
 
-    if (nargs != 1) {
-        PyErr_Format(PyExc_TypeError, "taken() takes 1 argument (%zd given)", nargs);
+    if (arity("taken", nargs, 1))
         return NULL;
-    }
     if (as_fd(args[0], &src))
         return NULL;
     route *r = route_of(src);
@@ -311,10 +314,8 @@ poll(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     struct epoll_event evs[MAX_EVENTS];
     int epfd, maxevents, timeout, n;
 
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "poll() takes 3 arguments (%zd given)", nargs);
+    if (arity("poll", nargs, 3))
         return NULL;
-    }
     if (as_fd(args[0], &epfd))
         return NULL;
     maxevents = PyLong_AsLong(args[1]);

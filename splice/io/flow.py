@@ -130,10 +130,7 @@ class Flow:
                 self.budget -= n
             if r != _FULL:
                 if tail is not None:
-                    self.pending = tail
-                    self.blocked = True
-                    self.arm(self.dst_fd)
-                    self.settle(off=True)
+                    self._stall(tail)
                 return r
             self.splicing = True
             self.settle(off=True)
@@ -162,10 +159,7 @@ class Flow:
             except BlockingIOError:
                 sent = 0
             if sent < n:
-                self.pending = bytearray(_MV[sent:n])
-                self.blocked = True
-                self.arm(self.dst_fd)
-                self.settle(off=True)
+                self._stall(bytearray(_MV[sent:n]))
                 return BLOCKED
             if n == CHUNK:
                 self.splicing = True
@@ -225,6 +219,14 @@ class Flow:
             self.pool.give(self.pipe, True)
             self.pipe = None
 
+    def _stall(self, refused: bytearray) -> None:
+        """dst refused these bytes: queue them, ask for its writability, and end the
+        fast path's route (it must not run beside a queue)."""
+        self.pending = refused
+        self.blocked = True
+        self.arm(self.dst_fd)
+        self.settle(off=True)
+
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` after anything already queued; True when all of it went out."""
         if self.fast:
@@ -241,10 +243,7 @@ class Flow:
         except BlockingIOError:
             sent = 0
         if sent < len(data):
-            self.pending = bytearray(memoryview(data)[sent:])
-            self.blocked = True
-            self.arm(self.dst_fd)
-            self.settle(off=True)
+            self._stall(bytearray(memoryview(data)[sent:]))
             return False
         return True
 
@@ -281,8 +280,7 @@ class Flow:
     def finish(self) -> None:
         """Pass src's FIN on to dst once everything queued has been written."""
         if self.fast:
-            self._collect()
-        self.settle(off=True)
+            self._collect(off=True)
         self.shut = True
         if not self.blocked:
             self._shutdown()
@@ -336,15 +334,13 @@ class Flow:
             return
         n, tail, err = got
         self.nbytes += n
-        if tail is not None:  # dst refused these: they go first, once it drains
-            self.pending = tail
-            self.blocked = True
-            self.arm(self.dst_fd)
         self.fast = -err
+        if tail is not None:  # dst refused these: they go first, once it drains
+            self._stall(tail)
 
-    def _collect(self) -> None:
+    def _collect(self, off: bool = False) -> None:
         """``settle``, then raise the error the route stopped on, if any."""
-        self.settle()
+        self.settle(off)
         if self.fast < 0:
             err, self.fast = -self.fast, 0
             raise OSError(err, os.strerror(err))
