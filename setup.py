@@ -62,8 +62,12 @@ COMPILED = [
 
 #: hand-written C, built with the compiled modules: the relay's copy loop, whose cost is
 #: in the socket calls themselves, which mypyc still makes through the C-API, and the
-#: fast path that runs it for a tunnel's read events (splice/io/_copy.c says why)
-NATIVE = [Extension("splice.io._copy", ["splice/io/_copy.c"], extra_compile_args=["-O2"])]
+#: fast path that runs it for a tunnel's read events (splice/io/_copy.c says why); the
+#: strict request-head scanner, one pass instead of two regex passes (_head_scan.c)
+NATIVE = [
+    Extension("splice.io._copy", ["splice/io/_copy.c"], extra_compile_args=["-O2"]),
+    Extension("splice.wire._head_scan", ["splice/wire/_head_scan.c"], extra_compile_args=["-O2"]),
+]
 
 MODE = os.environ.get("SPLICE_COMPILE", "")
 #: the setup.py commands that build extensions (not: dist_info, sdist, editable_wheel)

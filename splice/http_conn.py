@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import DONE, EOF, Flow
+from splice.io.native import NATIVE_ONTO
 from splice.io.unread import unread
 from splice.pages import render_error
 from splice.relay import Key, Relay
@@ -70,6 +71,19 @@ R_CHUNKED: Final = 3
 _READ: Final = 64 * 1024
 #: client bytes discarded while lingering after an error page, before we give up
 _LINGER_BYTES: Final = 1 << 20
+
+
+def read_onto(sock: socket.socket, fd: int, buf: bytearray) -> int:
+    """Read what ``sock`` (whose fd is ``fd``) has, up to ``_READ``, onto the end of
+    ``buf``: the count, 0 at the end of its stream, -1 when nothing is there now."""
+    if NATIVE_ONTO is not None:
+        return NATIVE_ONTO(fd, buf, _READ)
+    try:
+        data = sock.recv(_READ)
+    except BlockingIOError:
+        return -1
+    buf += data
+    return len(data)
 
 
 class HttpConn(Relay):
@@ -174,22 +188,18 @@ class HttpConn(Relay):
         """Read client bytes into ``inbuf``; False when there are none for now."""
         if self.cdrained:
             return False
-        try:
-            data = self.client.recv(_READ)
-        except BlockingIOError:
+        n = read_onto(self.client, self.cfd, self.inbuf)
+        if n < 0:
             return False
         # edge-triggered, no hang-up in the event: a short read drained the socket
-        self.cdrained = self.cshort and len(data) < _READ
-        if not data:
+        self.cdrained = self.cshort and n < _READ
+        if not n:
             if self.inbuf and self.state == READ_HEAD:
                 self.outcome = "CLIENT_CLOSED"
                 self.close()
             else:
                 self.on_client_eof()
             return False
-        if not self.inbuf and self.state == READ_HEAD and self.served:
-            self.ctx.head_deadlines.add(self, self.ctx.loop.time())
-        self.inbuf += data
         return True
 
     def _step_head(self) -> bool:
@@ -202,6 +212,12 @@ class HttpConn(Relay):
         t = time.perf_counter()
         head = parse_head(self.inbuf, self.ctx.cfg.max_head)
         if head is None:
+            # a later head's clock starts with its first bytes (the first head's ran
+            # from the accept). Only a head that did not come whole costs the timer:
+            # the next read is at once, so the start is the same
+            deadlines = self.ctx.head_deadlines
+            if self.served and self not in deadlines:
+                deadlines.add(self, self.ctx.loop.time())
             return self._fill()
         self.ctx.metrics.head_parse.observe(time.perf_counter() - t)
         del self.inbuf[: head.length]
@@ -644,23 +660,22 @@ class HttpConn(Relay):
         """More VM bytes into ``rbuf``; False when there are none for now."""
         assert self.up is not None
         try:
-            data = self.up.recv(_READ)
-        except BlockingIOError:
-            return False
+            n = read_onto(self.up, self.ufd, self.rbuf)
         except ConnectionError:
             if self.got_answer or self.replay is None:
                 raise
             self._redial()
             return False
-        if not data:
+        if n < 0:
+            return False
+        if not n:
             if not self.got_answer and self.replay is not None:
                 self._redial()
             else:
                 self._go_blind()
             return False
         self.got_answer = True
-        self.udrained = self.ushort and len(data) < _READ
-        self.rbuf += data
+        self.udrained = self.ushort and n < _READ
         return True
 
     def _take_head(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import signal
 import socket
 import threading
@@ -481,6 +482,31 @@ def test_a_head_that_does_not_arrive_in_time_gets_408_head_timeout(
     assert_shed_error(resp, 408, "HEAD_TIMEOUT")
     assert 0.4 <= elapsed < 3.0, elapsed
     w.no_dial()
+
+
+@pytest.mark.parametrize("trickled", [False, True], ids=["half a head", "a byte at a time"])
+def test_a_later_head_on_a_kept_connection_has_its_own_head_timeout(
+    make_world: MakeWorld, trickled: bool
+) -> None:
+    """The clock of a second head starts at its first byte, not at the last request (the
+    wait between requests is the idle timeout's), and bytes that keep coming do not
+    restart it: a head trickled for longer than the timeout gets 408 all the same."""
+    w = make_world(head_timeout=0.5)
+    partial = REQ_PARTIAL_HEAD + b"x" * 100  # 5 s at a byte per 50 ms
+    with w.splice.client() as c:
+        c.send(REQ_GET)
+        assert c.read_response().json()["target"] == "/some/path?q=1"
+        time.sleep(0.7)  # longer than head_timeout, between requests
+        t0 = time.monotonic()
+        c.send(partial[:5])
+        for i in range(5, len(partial) if trickled else 5):
+            if select.select([c.sock], [], [], 0.05)[0]:
+                break  # the answer has come
+            c.send(partial[i : i + 1])
+        resp = c.read_response()
+        elapsed = time.monotonic() - t0
+    assert_shed_error(resp, 408, "HEAD_TIMEOUT")
+    assert 0.4 <= elapsed < 1.5, elapsed
 
 
 def test_a_slow_but_steady_head_within_the_timeout_is_relayed(make_world: MakeWorld) -> None:

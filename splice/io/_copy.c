@@ -92,7 +92,7 @@ as_fd(PyObject *o, int *fd)
     if (v == -1 && PyErr_Occurred())
         return -1;
     if (v < 0 || v > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "copy(): not a file descriptor");
+        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
         return -1;
     }
     *fd = (int)v;
@@ -392,19 +392,97 @@ fail:
     return NULL;
 }
 
+/* Read and write for the HTTP path: a request head comes in by ``onto`` and goes out
+ * by ``put``. Through the socket methods each cost a method lookup, argument parsing
+ * and, for a read, a fresh 64 KiB bytes object shrunk to what came and then copied
+ * onto the connection's buffer (bench/README.md, "The head scanner in C"). */
+
+PyDoc_STRVAR(onto_doc,
+"onto(fd, buf, most) -> int\n\n"
+"Read up to ``most`` bytes (at most 64 KiB) from socket fd onto the end of bytearray\n"
+"buf: the count read, 0 at the end of the stream, -1 when nothing is there now.\n"
+"Errors raise OSError, as socket.recv does.");
+
+static PyObject *
+onto(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    ssize_t n;
+    if (arity("onto", nargs, 3) < 0 || as_fd(args[0], &fd) < 0)
+        return NULL;
+    PyObject *dst = args[1];
+    if (!PyByteArray_Check(dst)) {
+        PyErr_SetString(PyExc_TypeError, "onto() needs a bytearray");
+        return NULL;
+    }
+    Py_ssize_t most = PyLong_AsSsize_t(args[2]);
+    if (most == -1 && PyErr_Occurred())
+        return NULL;
+    if (most < 0 || most > CHUNK)
+        most = CHUNK;
+    do
+        n = recv(fd, buf, (size_t)most, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return PyLong_FromLong(-1);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_ssize_t have = PyByteArray_GET_SIZE(dst);
+    if (n > 0) {
+        if (PyByteArray_Resize(dst, have + n) < 0)
+            return NULL; /* a BufferError while exported, or no memory: bytes lost, as
+                          * when recv's own allocation fails after the read */
+        memcpy(PyByteArray_AS_STRING(dst) + have, buf, (size_t)n);
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+PyDoc_STRVAR(put_doc,
+"put(fd, data) -> int\n\n"
+"Send bytes-like data on socket fd: the count sent, 0 when the socket takes none now.\n"
+"Errors raise OSError, as socket.send does.");
+
+static PyObject *
+put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+    ssize_t sent;
+    Py_buffer view;
+    if (arity("put", nargs, 2) < 0 || as_fd(args[0], &fd) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    do
+        sent = send(fd, view.buf, (size_t)view.len, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    int err = errno;
+    PyBuffer_Release(&view);
+    if (sent < 0) {
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return PyLong_FromLong(0);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
 static PyMethodDef methods[] = {
     {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL, copy_doc},
     {"poll", (PyCFunction)(void (*)(void))poll, METH_FASTCALL, poll_doc},
     {"tunnel", (PyCFunction)(void (*)(void))tunnel, METH_FASTCALL, tunnel_doc},
     {"untunnel", (PyCFunction)(void (*)(void))untunnel, METH_FASTCALL, untunnel_doc},
     {"taken", (PyCFunction)(void (*)(void))taken, METH_FASTCALL, taken_doc},
+    {"onto", (PyCFunction)(void (*)(void))onto, METH_FASTCALL, onto_doc},
+    {"put", (PyCFunction)(void (*)(void))put, METH_FASTCALL, put_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "splice.io._copy",
-    .m_doc = "The copy loop of a relayed flow and the fast path of tunnel events, in C.",
+    .m_doc = "The copy loop of a relayed flow, the fast path of tunnel events, and the read and\n"
+              "write of the HTTP path, in C.",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -31,7 +31,7 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
-from splice.io.native import FAST, NATIVE_COPY, CopyLoop
+from splice.io.native import FAST, NATIVE_COPY, NATIVE_PUT, CopyLoop
 from splice.io.pipes import PIPE_SIZE, PipePool
 
 #: the shared copy buffer: one read that fills it means bulk, so switch to splice
@@ -238,10 +238,13 @@ class Flow:
             else:
                 self.pending += data
             return False
-        try:
-            sent = self.dst.send(data)
-        except BlockingIOError:
-            sent = 0
+        if NATIVE_PUT is not None:
+            sent = NATIVE_PUT(self.dst_fd, data)
+        else:
+            try:
+                sent = self.dst.send(data)
+            except BlockingIOError:
+                sent = 0
         if sent < len(data):
             self._stall(bytearray(memoryview(data)[sent:]))
             return False

@@ -1,10 +1,12 @@
 """HTTP/1.x request head -> ``Head``: the routing name, the target and the body framing.
 
-Two readers, one answer. A strict scanner (a few regexes over the whole head, in C)
-takes every head it fully understands; anything else (bare-LF line ends, odd
-spacing) goes to h11, the reference parser, and is re-serialised with CRLF so the
-VM never sees bytes we interpreted differently. Differential tests prove that on
-every head the scanner accepts it extracts what h11 extracts.
+Two readers, one answer. A strict scanner takes every head it fully understands;
+anything else (bare-LF line ends, odd spacing) goes to h11, the reference parser, and
+is re-serialised with CRLF so the VM never sees bytes we interpreted differently.
+Differential tests prove that on every head the scanner accepts it extracts what h11
+extracts. The strict scanner is two regex passes (sre, in C), or, in the compiled
+build, one pass of hand-written C (``_head_scan.c``) that accepts exactly what they
+accept; tests check the two agree.
 
 On top of both, splice is stricter than h11 where a proxy must be (RFC 9112 §6.3,
 request smuggling): obs-fold, Content-Length together with Transfer-Encoding, a
@@ -14,6 +16,7 @@ list or duplicate Content-Length, and any transfer-coding but ``chunked`` get 40
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final
 
 import h11
@@ -43,6 +46,24 @@ _WANTED: Final = field_finder(_NAMES)
 _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 # h11 ends a head at LF CR? LF; we find the same end to know what the head consumed
 _H11_HEAD_END: Final = re.compile(rb"\n\r?\n")
+
+#: ``scan(buf, max_head, names) -> (method, target, minor, fields, raw) | None``
+Scanner = Callable[
+    [bytes | bytearray, int, tuple[bytes, ...]],
+    tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None,
+]
+
+
+def _c_scanner() -> Scanner | None:
+    try:
+        from splice.wire._head_scan import scan
+    except ImportError:  # an interpreted install: the regex passes do it
+        return None
+    return scan
+
+
+#: the C scanner, or None. Not Final: the tests run ``parse_head`` with and without it
+SCAN: Scanner | None = _c_scanner()
 
 
 class Head:
@@ -122,16 +143,31 @@ def parse_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Head | None:
         ProtocolError: BAD_REQUEST for a malformed or smuggling-prone head,
             HEAD_TOO_LARGE when the head exceeds ``max_head``.
     """
+    got = scan_strict(buf, max_head, _NAMES) if SCAN is None else SCAN(buf, max_head, _NAMES)
+    if got is not None:
+        method, target, minor, fields, raw = got
+        return _interpret(method, target, minor, fields, raw, len(raw))
     end = buf.find(b"\r\n\r\n")
     if end < 0 or end > max_head - 4:
         return _incomplete(buf, max_head)
+    return _parse_slow(buf, max_head)
+
+
+def scan_strict(
+    buf: bytes | bytearray, max_head: int, names: tuple[bytes, ...]
+) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """The strict scanner as two regex passes: the twin of the C ``scan``, with its
+    signature. ``names`` must be ``_NAMES``, which the compiled finder picks."""
+    assert names is _NAMES
+    end = buf.find(b"\r\n\r\n")
+    if end < 0 or end > max_head - 4:
+        return None
     head = bytes(buf[: end + 4])
     m = _STRICT_HEAD.fullmatch(head, 0, end + 2)
     if m is None:
-        return _parse_slow(buf, max_head)
-    fields = find_fields(head.lower(), 0, end, _WANTED)
+        return None
     method, target, minor = m.groups()
-    return _interpret(method, target, minor, fields, head, end + 4)
+    return method, target, minor, find_fields(head.lower(), 0, end, _WANTED), head
 
 
 def _incomplete(buf: bytes | bytearray, max_head: int) -> Head | None:

@@ -1,4 +1,7 @@
-"""The request-head reader: the fast scanner, its h11 fallback, and the laws between them."""
+"""The request-head reader: the fast scanner, its h11 fallback, and the laws between them.
+
+Every test runs twice: with the regex scanner and with the C one (``scanner``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ POST_CL = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
 POST_CHUNKED = (
     b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
 )
+pytestmark = pytest.mark.usefixtures("scanner")
+
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
 )
