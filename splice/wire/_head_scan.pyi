@@ -1,5 +1,8 @@
-"""Types of the C request-head scanner (splice/wire/_head_scan.c), built with the compiled build."""
+"""Types of the C head scanners (splice/wire/_head_scan.c), built with the compiled build."""
 
-def scan(
+def scan_request(
     buf: bytes | bytearray, max_head: int, names: tuple[bytes, ...], /
 ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None: ...
+def scan_response(
+    buf: bytes | bytearray, max_head: int, names: tuple[bytes, ...], /
+) -> tuple[bytes, int, list[tuple[bytes, bytes]], bytes] | None: ...

@@ -47,7 +47,7 @@ _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 # h11 ends a head at LF CR? LF; we find the same end to know what the head consumed
 _H11_HEAD_END: Final = re.compile(rb"\n\r?\n")
 
-#: ``scan(buf, max_head, names) -> (method, target, minor, fields, raw) | None``
+#: ``scan_request(buf, max_head, names) -> (method, target, minor, fields, raw) | None``
 Scanner = Callable[
     [bytes | bytearray, int, tuple[bytes, ...]],
     tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None,
@@ -56,10 +56,10 @@ Scanner = Callable[
 
 def _c_scanner() -> Scanner | None:
     try:
-        from splice.wire._head_scan import scan
+        from splice.wire._head_scan import scan_request
     except ImportError:  # an interpreted install: the regex passes do it
         return None
-    return scan
+    return scan_request
 
 
 #: the C scanner, or None. Not Final: the tests run ``parse_head`` with and without it
@@ -156,9 +156,9 @@ def parse_head(buf: bytes | bytearray, max_head: int = MAX_HEAD) -> Head | None:
 def scan_strict(
     buf: bytes | bytearray, max_head: int, names: tuple[bytes, ...]
 ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes] | None:
-    """The strict scanner as two regex passes: the twin of the C ``scan``, with its
-    signature. ``names`` must be ``_NAMES``, which the compiled finder picks."""
-    assert names is _NAMES
+    """The strict scanner as two regex passes: the twin of the C ``scan_request``, with
+    its signature. ``names`` must be ``_NAMES``, which the compiled finder picks."""
+    assert names == _NAMES
     end = buf.find(b"\r\n\r\n")
     if end < 0 or end > max_head - 4:
         return None

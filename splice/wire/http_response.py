@@ -15,6 +15,7 @@ the final response gains ``Connection: close`` (splice closes the client after i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Final
 
@@ -27,11 +28,31 @@ from splice.wire.http_head import MAX_CL_DIGITS, MAX_HEAD
 _STATUS_LINE: Final = rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
 #: a head the scanner takes whole, up to its blank line: one regex pass, not two
 _STRICT_HEAD: Final = re.compile(_STATUS_LINE + FIELD_BLOCK.pattern)
-_FRAMING_FIELDS: Final = field_finder((b"content-length", b"transfer-encoding", b"connection"))
+_FRAMING_NAMES: Final[tuple[bytes, ...]] = (b"content-length", b"transfer-encoding", b"connection")
+_FRAMING_FIELDS: Final = field_finder(_FRAMING_NAMES)
 _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 #: every Connection field line, with the CRLF before it (never the status line)
 _CONNECTION_LINE: Final = re.compile(rb"\r\nconnection:[^\r]*", re.I)
 _CLOSE: Final = b"Connection: close\r\n\r\n"
+
+
+#: ``scan_response(buf, max_head, names) -> (minor, status, fields, raw) | None``
+Scanner = Callable[
+    [bytes | bytearray, int, tuple[bytes, ...]],
+    tuple[bytes, int, list[tuple[bytes, bytes]], bytes] | None,
+]
+
+
+def _c_scanner() -> Scanner | None:
+    try:
+        from splice.wire._head_scan import scan_response
+    except ImportError:  # an interpreted install: the regex passes do it
+        return None
+    return scan_response
+
+
+#: the C scanner (``_head_scan.c``), or None. Not Final: the tests run with and without it
+SCAN: Scanner | None = _c_scanner()
 
 
 class Body(IntEnum):
@@ -87,22 +108,25 @@ def parse_response_head(
             malformed or oversized head, conflicting framing fields). The caller
             then relays the bytes untouched and does not reuse the connection.
     """
-    end = buf.find(b"\r\n\r\n", 0, max_head)
-    if end < 0:
+    got = (
+        scan_strict(buf, max_head, _FRAMING_NAMES)
+        if SCAN is None
+        else SCAN(buf, max_head, _FRAMING_NAMES)
+    )
+    if got is None:
+        if buf.find(b"\r\n\r\n", 0, max_head) >= 0:
+            raise ProtocolError("malformed response head")
         if len(buf) >= max_head or buf.find(b"\n\n", 0, max_head) >= 0:
             raise ProtocolError("response head not taken by the strict scanner")
         return None
-    head = bytes(buf[: end + 4])
-    m = _STRICT_HEAD.fullmatch(head, 0, end + 2)
-    if m is None:
-        raise ProtocolError("malformed response head")
-    minor, status = m.group(1), int(m.group(2))
+    minor, status, fields, head = got
+    size = len(head)
     if 100 <= status < 200 and status != 101:
-        return ResponseHead(status, Body.NONE, 0, True, True, head, end + 4)
+        return ResponseHead(status, Body.NONE, 0, True, True, head, size)
     keep_alive = minor == b"1"
     length: int | None = None
     chunked = False
-    for name, value in find_fields(head.lower(), 0, end, _FRAMING_FIELDS):
+    for name, value in fields:
         if name == b"connection":
             keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
         elif name == b"transfer-encoding":
@@ -116,15 +140,32 @@ def parse_response_head(
     if chunked and length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
     if status == 101:
-        return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, head, end + 4)
+        return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, head, size)
     raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE
     if head_request or status in (204, 304):
-        return ResponseHead(status, Body.NONE, 0, keep_alive, False, raw, end + 4)
+        return ResponseHead(status, Body.NONE, 0, keep_alive, False, raw, size)
     if chunked:
-        return ResponseHead(status, Body.CHUNKED, 0, keep_alive, False, raw, end + 4)
+        return ResponseHead(status, Body.CHUNKED, 0, keep_alive, False, raw, size)
     if length is not None:
-        return ResponseHead(status, Body.LENGTH, length, keep_alive, False, raw, end + 4)
-    return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, raw, end + 4)
+        return ResponseHead(status, Body.LENGTH, length, keep_alive, False, raw, size)
+    return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, raw, size)
+
+
+def scan_strict(
+    buf: bytes | bytearray, max_head: int, names: tuple[bytes, ...]
+) -> tuple[bytes, int, list[tuple[bytes, bytes]], bytes] | None:
+    """The strict scanner as two regex passes: the twin of the C ``scan_response``, with
+    its signature. ``names`` must be ``_FRAMING_NAMES``, which the compiled finder picks."""
+    assert names == _FRAMING_NAMES
+    end = buf.find(b"\r\n\r\n", 0, max(max_head, 0))  # a negative end is not from the end
+    if end < 0:
+        return None
+    head = bytes(buf[: end + 4])
+    m = _STRICT_HEAD.fullmatch(head, 0, end + 2)
+    if m is None:
+        return None
+    fields = find_fields(head.lower(), 0, end, _FRAMING_FIELDS)
+    return m.group(1), int(m.group(2)), fields, head
 
 
 def without_connection_fields(raw: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 Laws against h11 (the reference): on every head the scanner takes, h11 ends the
 response exactly where the scanner says it ends, and a response the scanner calls
-keep-alive leaves h11's connection reusable too.
+keep-alive leaves h11's connection reusable too. Every test runs twice: with the regex
+scanner and with the C one (``scanner``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from splice.wire.http_response import (
     parse_response_head,
     without_connection_fields,
 )
+
+pytestmark = pytest.mark.usefixtures("scanner")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
 
