@@ -30,9 +30,6 @@
 /* tchar (RFC 9110 §5.6.2); field-value bytes: HTAB, SP, VCHAR, obs-text */
 static unsigned char TCHAR[256], VALUE[256];
 
-/* a wanted name longer than this cannot be one of http_head.py's (the longest is 17) */
-#define LONGEST_NAME 64
-
 static void
 tables(void)
 {
@@ -58,15 +55,16 @@ lower(unsigned char c)
 static PyObject *
 wanted(const unsigned char *name, Py_ssize_t n, PyObject *names)
 {
-    unsigned char low[LONGEST_NAME];
-    if (n > LONGEST_NAME)
-        return NULL;
-    for (Py_ssize_t k = 0; k < n; k++)
-        low[k] = lower(name[k]);
     Py_ssize_t count = PyTuple_GET_SIZE(names);
     for (Py_ssize_t k = 0; k < count; k++) {
         PyObject *cand = PyTuple_GET_ITEM(names, k);
-        if (PyBytes_GET_SIZE(cand) == n && memcmp(PyBytes_AS_STRING(cand), low, n) == 0)
+        if (PyBytes_GET_SIZE(cand) != n)
+            continue;
+        const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(cand);
+        Py_ssize_t j = 0;
+        while (j < n && lower(name[j]) == c[j])
+            j++;
+        if (j == n)
             return cand;
     }
     return NULL;
@@ -86,9 +84,7 @@ field(PyObject *name, const unsigned char *v, const unsigned char *e)
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(value);
     for (; v < e; v++)
         *out++ = lower(*v);
-    Py_INCREF(name);
     PyObject *pair = PyTuple_Pack(2, name, value);
-    Py_DECREF(name);
     Py_DECREF(value);
     return pair;
 }

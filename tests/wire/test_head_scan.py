@@ -154,6 +154,11 @@ class TestRequestTwins:
         got = req.c(data, 1024, REQUEST_NAMES)
         assert got is not None and got[3] == [(b"host", b"a")]
 
+    def test_a_wanted_name_of_any_length_is_matched_in_any_case(self, req: Pair) -> None:
+        name = b"x-" + b"long" * 30
+        got = req.c(b"GET / HTTP/1.1\r\n" + name.upper() + b": V\r\n\r\n", 1024, (name,))
+        assert got is not None and got[3] == [(name, b"v")]
+
     def test_the_names_returned_are_the_callers_objects(self, req: Pair) -> None:
         got = req.c(b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n", 1024, REQUEST_NAMES)
         assert got is not None and got[3][0][0] is REQUEST_NAMES[0]
