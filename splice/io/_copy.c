@@ -395,7 +395,7 @@ fail:
 /* Read and write for the HTTP path: a request head comes in by ``onto`` and goes out
  * by ``put``. Through the socket methods each cost a method lookup, argument parsing
  * and, for a read, a fresh 64 KiB bytes object shrunk to what came and then copied
- * onto the connection's buffer (bench/README.md, "The head scanner in C"). */
+ * onto the connection's buffer (bench/README.md, "The head scanners in C"). */
 
 PyDoc_STRVAR(onto_doc,
 "onto(fd, buf, most) -> int\n\n"
