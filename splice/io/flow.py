@@ -39,6 +39,7 @@ CHUNK: Final = 64 * 1024
 _BUF: Final = bytearray(CHUNK)
 _MV: Final = memoryview(_BUF)
 _SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_SHUT_WR: Final = socket.SHUT_WR
 
 # what ``pump`` stopped on
 DRAINED: Final = 0  #: src has nothing more now
@@ -290,7 +291,7 @@ class Flow:
 
     def _shutdown(self) -> None:
         try:
-            self.dst.shutdown(socket.SHUT_WR)
+            self.dst.shutdown(_SHUT_WR)
         except OSError:
             pass
 

@@ -46,8 +46,10 @@ log: Final = logging.getLogger("splice")
 
 #: read and peer half-close, edge-triggered: what a socket is registered for
 EDGE_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+#: writability
+_OUT: Final = select.EPOLLOUT
 #: and writability: a connect in progress, or a socket that refused a write
-EDGE_ALL: Final = EDGE_IN | select.EPOLLOUT
+EDGE_ALL: Final = EDGE_IN | _OUT
 #: events taken per wake-up; more stay queued and the loop calls again at once
 BATCH: Final = 512
 #: a batch this big means load: hold the wait. Smaller batches go back to uvloop at
@@ -103,10 +105,10 @@ class Reactor:
         return self.loop.create_task(coro)
 
     def register(self, fd: int, handler: Handler, events: int = EDGE_IN) -> None:
-        if events & select.EPOLLOUT:
+        if events & _OUT:  # compiled, a Final is a C global; select.EPOLLOUT a dict lookup
             self.armed.add(fd)
         elif fd in self.armed:  # armed before it was registered
-            events |= select.EPOLLOUT
+            events |= _OUT
         self._epoll.register(fd, events)
         self.handlers[fd] = handler
 

@@ -1,4 +1,5 @@
-/* The strict head scanners of splice/wire/http_head.py and http_response.py, in C.
+/* The strict head scanners of splice/wire/http_head.py and http_response.py, and the
+ * one-record ClientHello of client_hello.py, in C (the ClientHello's part is below).
  *
  * Why C: a keep-alive request costs splice ~30 µs of CPU, and scanning its head with
  * the two regex passes (``_STRICT_HEAD.fullmatch``, then ``find_fields`` over the
@@ -283,18 +284,280 @@ scan_response(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return entry("scan_response", response, args, nargs);
 }
 
+/* -- the TLS ClientHello ---------------------------------------------------- */
+
+/* The one-record ClientHello of splice/wire/client_hello.py, in C: the parse is the
+ * largest user-space share of a TLS passthrough connection (~17 % of its instructions
+ * under callgrind, bench/README.md, "The ClientHello in C"), most of it in boxing
+ * extension types, a set of them, and the host name's str checks.
+ *
+ * Like the head scanners it declines (None) anything it does not take whole, and the
+ * Python parser then decides: a hello not all there yet, one fragmented over several
+ * records, over ``max_size``, malformed in any way (Python words the error), with
+ * more than MAX_EXTS extensions (the repeat check here is quadratic), or offering an
+ * ALPN name with a byte Python would escape for the log. What it takes, it returns
+ * exactly as Python would. */
+
+/* RFC 8446 §5.1 and §4: record header, handshake header; §4.1.2: version + random */
+#define RECORD 5
+#define HANDSHAKE 4
+#define FIXED 34
+#define MAX_FRAGMENT (1 << 14)
+#define MAX_SESSION_ID 32
+/* RFC 1035 §2.3.4, in text form */
+#define MAX_NAME 253
+#define MAX_LABEL 63
+/* real hellos carry 10-25 extensions */
+#define MAX_EXTS 64
+
+static unsigned char NAME[256]; /* host name bytes, mapped to lower case; 0: refused */
+
+static void
+name_table(void)
+{
+    for (int c = 'a'; c <= 'z'; c++)
+        NAME[c] = NAME[c - 32] = (unsigned char)c;
+    for (int c = '0'; c <= '9'; c++)
+        NAME[c] = (unsigned char)c;
+    NAME['-'] = '-';
+    NAME['_'] = '_';
+    NAME['.'] = '.';
+}
+
+static inline unsigned
+u16(const unsigned char *p)
+{
+    return (unsigned)p[0] << 8 | p[1];
+}
+
+/* An opaque<1..2^16-1> vector filling [pos, end) exactly: where its contents start,
+ * or -1 */
+static Py_ssize_t
+vector(const unsigned char *m, Py_ssize_t pos, Py_ssize_t end)
+{
+    if (pos + 2 > end)
+        return -1;
+    Py_ssize_t inner = pos + 2 + u16(m + pos);
+    return inner != end || inner == pos + 2 ? -1 : pos + 2;
+}
+
+/* The host name, lower-cased, without one trailing dot; NULL with no error set: refused */
+static PyObject *
+host_name(const unsigned char *raw, Py_ssize_t n)
+{
+    if (n > 0 && raw[n - 1] == '.')
+        n--;
+    if (n == 0 || n > MAX_NAME)
+        return NULL;
+    Py_ssize_t label = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = NAME[raw[i]];
+        if (c == 0)
+            return NULL;
+        if (c != '.')
+            label++;
+        else if (label == 0)
+            return NULL;
+        else
+            label = 0;
+        if (label > MAX_LABEL)
+            return NULL;
+    }
+    if (label == 0)
+        return NULL;
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s == NULL)
+        return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = NAME[raw[i]];
+    return s;
+}
+
+/* RFC 6066 §3: the one host_name of the ServerNameList in [pos, end). Sets *name (a
+ * new reference, or left NULL with none named); -1: refused or an error set */
+static int
+server_name(const unsigned char *m, Py_ssize_t pos, Py_ssize_t end, PyObject **name)
+{
+    pos = vector(m, pos, end);
+    if (pos < 0)
+        return -1;
+    while (pos < end) {
+        if (pos + 3 > end)
+            return -1;
+        unsigned char kind = m[pos];
+        Py_ssize_t start = pos + 3;
+        pos = start + u16(m + pos + 1);
+        if (pos > end)
+            return -1;
+        if (kind != 0)
+            continue;
+        if (*name != NULL)
+            return -1;
+        *name = host_name(m + start, pos - start);
+        if (*name == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+/* RFC 7301 §3.1: the protocol names in [pos, end), as a tuple; NULL with no error set:
+ * refused */
+static PyObject *
+alpn(const unsigned char *m, Py_ssize_t pos, Py_ssize_t end)
+{
+    pos = vector(m, pos, end);
+    if (pos < 0)
+        return NULL;
+    PyObject *names = PyList_New(0);
+    if (names == NULL)
+        return NULL;
+    while (pos < end) {
+        Py_ssize_t start = pos + 1;
+        pos = start + m[pos];
+        if (pos > end || pos == start)
+            goto refused;
+        for (Py_ssize_t i = start; i < pos; i++)
+            if (m[i] <= 0x20 || m[i] >= 0x7f)
+                goto refused; /* Python escapes it for the log */
+        PyObject *one = PyUnicode_FromStringAndSize((const char *)m + start, pos - start);
+        if (one == NULL || PyList_Append(names, one) < 0) {
+            Py_XDECREF(one);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(one);
+    }
+    PyObject *out = PyList_AsTuple(names);
+    Py_DECREF(names);
+    return out;
+refused:
+    Py_DECREF(names);
+    return NULL;
+}
+
+/* RFC 8446 §4.1.2 from the handshake header to the end of the extensions, over the
+ * message m[0:end]: (server_name, alpn, length) or None, NULL on an error */
+static PyObject *
+hello(const unsigned char *m, Py_ssize_t end, Py_ssize_t length)
+{
+    PyObject *name = NULL, *offered = NULL;
+    Py_ssize_t pos = HANDSHAKE + FIXED;
+    if (pos >= end || m[pos] > MAX_SESSION_ID)
+        goto refused;
+    pos += 1 + m[pos];
+    if (pos + 2 > end)
+        goto refused;
+    unsigned n = u16(m + pos);
+    pos += 2 + n;
+    if (pos >= end || n < 2 || n % 2)
+        goto refused;
+    n = m[pos];
+    pos += 1 + n;
+    if (pos > end || n == 0)
+        goto refused;
+    if (pos < end) {
+        if (pos + 2 > end)
+            goto refused;
+        Py_ssize_t block = pos + 2 + u16(m + pos);
+        if (block != end)
+            goto refused;
+        pos += 2;
+        unsigned kinds[MAX_EXTS];
+        int count = 0;
+        while (pos < block) {
+            if (pos + 4 > block || count == MAX_EXTS)
+                goto refused;
+            unsigned kind = u16(m + pos);
+            Py_ssize_t start = pos + 4;
+            pos = start + u16(m + pos + 2);
+            if (pos > block)
+                goto refused;
+            for (int k = 0; k < count; k++)
+                if (kinds[k] == kind)
+                    goto refused;
+            kinds[count++] = kind;
+            if (kind == 0) {
+                if (server_name(m, start, pos, &name) < 0)
+                    goto refused;
+            } else if (kind == 16) {
+                offered = alpn(m, start, pos);
+                if (offered == NULL)
+                    goto refused;
+            }
+        }
+    }
+    if (offered == NULL) {
+        offered = PyTuple_New(0);
+        if (offered == NULL)
+            goto refused;
+    }
+    PyObject *len = PyLong_FromSsize_t(length);
+    PyObject *out = len ? PyTuple_Pack(3, name ? name : Py_None, offered, len) : NULL;
+    Py_XDECREF(len);
+    Py_XDECREF(name);
+    Py_DECREF(offered);
+    return out;
+refused: /* or failed: an error set by an allocation stays set */
+    Py_XDECREF(name);
+    Py_XDECREF(offered);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(scan_hello_doc,
+"scan_hello(buf, max_size, /) -> (server_name, alpn, length) | None\n\n"
+"The ClientHello at the start of ``buf`` (any bytes-like object) when one handshake\n"
+"record of at most ``max_size`` bytes holds all of it and it is well formed: its SNI\n"
+"host name (lower-cased, no trailing dot; None if absent), its ALPN names (a tuple of\n"
+"str) and the record's length. None for anything else, which parse_client_hello then\n"
+"handles: more bytes to wait for, more records, an error to word.");
+
+static PyObject *
+scan_hello(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "scan_hello() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[1]);
+    if (max_size == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = view.buf;
+    PyObject *got = NULL;
+    if (view.len >= RECORD + HANDSHAKE && p[0] == 22 && p[1] == 3 && p[RECORD] == 1) {
+        Py_ssize_t size = u16(p + 3), end = RECORD + size;
+        Py_ssize_t body = (Py_ssize_t)p[6] << 16 | p[7] << 8 | p[8];
+        if (size > 0 && size <= MAX_FRAGMENT && end <= max_size && end <= view.len
+            && size == HANDSHAKE + body)
+            got = hello(p + RECORD, size, end);
+    }
+    if (got == NULL && !PyErr_Occurred()) {
+        got = Py_None;
+        Py_INCREF(got);
+    }
+    PyBuffer_Release(&view);
+    return got;
+}
+
 static PyMethodDef methods[] = {
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL, scan_request_doc},
     {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL,
      scan_response_doc},
+    {"scan_hello", (PyCFunction)(void (*)(void))scan_hello, METH_FASTCALL, scan_hello_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "splice.wire._head_scan",
-    .m_doc = "The strict head scanners, in C (the regex passes of http_head.py and\n"
-              "http_response.py in one pass).",
+    .m_doc = "The heads splice routes on, scanned in C: HTTP request and response heads\n"
+              "(the regex passes of http_head.py and http_response.py in one pass) and\n"
+              "the one-record TLS ClientHello (client_hello.py).",
     .m_size = -1,
     .m_methods = methods,
 };
@@ -303,5 +566,6 @@ PyMODINIT_FUNC
 PyInit__head_scan(void)
 {
     tables();
+    name_table();
     return PyModule_Create(&module);
 }

@@ -11,6 +11,7 @@ of them (ChangeCipherSpec, early data) are left alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Final, NamedTuple
 
@@ -75,12 +76,38 @@ class Hello(NamedTuple):
     length: int
 
 
+#: ``scan_hello(buf, max_size) -> (server_name, alpn, length) | None``
+Scanner = Callable[
+    [bytes | bytearray | memoryview, int], tuple[str | None, tuple[str, ...], int] | None
+]
+
+
+def _c_scanner() -> Scanner | None:
+    try:
+        from splice.wire._head_scan import scan_hello
+    except ImportError:  # an interpreted install: the Python walk does it all
+        return None
+    return scan_hello
+
+
+#: the C scanner of a well-formed one-record hello, or None. It takes what the walk
+#: below would return and declines (None) everything else, which the walk then
+#: handles. Not Final: the tests run ``parse_client_hello`` with and without it
+SCAN: Scanner | None = _c_scanner()
+
+
 def parse_client_hello(
     buf: bytes | bytearray | memoryview, max_size: int = MAX_HELLO
 ) -> Hello | None:
     """None = need more bytes. Raises ProtocolError on garbage, SSLv2 hellos, non-handshake
     records, a first handshake message that is not ClientHello, malformed extensions,
     or a hello bigger than max_size (code HEAD_TOO_LARGE)."""
+    if SCAN is not None:
+        got = SCAN(buf, max_size)
+        if got is not None:
+            # not Hello(*got): a NamedTuple's __new__ is generated Python, ~2,000
+            # instructions; tuple.__new__ makes the same object in C
+            return tuple.__new__(Hello, got)
     if len(buf) > _SINGLE and buf[0] == ContentType.handshake and buf[1] == 3:
         # the usual case, one record holding exactly the whole message: the checks
         # below are those _find_message makes, for its first and last record

@@ -1,5 +1,5 @@
-"""The C head scanners (``splice/wire/_head_scan.c``) for the tests of both builds
-(native_build.py says how the interpreted run gets them)."""
+"""The C head and ClientHello scanners (``splice/wire/_head_scan.c``) for the tests of
+both builds (native_build.py says how the interpreted run gets them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 from native_build import load_c
 
-from splice.wire import http_head, http_response
+from splice.wire import client_hello, http_head, http_response
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,15 @@ def scanner(request: pytest.FixtureRequest, c_heads: ModuleType) -> Iterator[str
         yield request.param
     finally:
         http_head.SCAN, http_response.SCAN = was
+
+
+@pytest.fixture(scope="module", params=["python", "c"])
+def hello_scanner(request: pytest.FixtureRequest, c_heads: ModuleType) -> Iterator[str]:
+    """Run a module's tests once with ``parse_client_hello`` on the Python walk alone and
+    once with the C scanner in front of it."""
+    was = client_hello.SCAN
+    client_hello.SCAN = c_heads.scan_hello if request.param == "c" else None
+    try:
+        yield request.param
+    finally:
+        client_hello.SCAN = was
