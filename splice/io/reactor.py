@@ -44,6 +44,9 @@ from splice.io.native import FAST
 
 log: Final = logging.getLogger("splice")
 
+# the clock as a module Final: compiled, ``time.monotonic`` is a lookup in the
+# ``time`` module's dict at every call
+_monotonic: Final = time.monotonic
 #: read and peer half-close, edge-triggered: what a socket is registered for
 EDGE_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 #: writability
@@ -155,13 +158,13 @@ class Reactor:
         loop.remove_reader(efd)  # the other way round, the two epolls would form a loop
         ep.register(backend, select.EPOLLIN)
         self._holding = True
-        end = time.monotonic() + HOLD_MAX
+        end = _monotonic() + HOLD_MAX
         try:
             while True:
                 n, ready = self._poll(HOLD_WAIT_MS)
                 if not n or self._run(ready) or self.loop_wanted or self._closed:
                     break
-                if time.monotonic() > end:  # uvloop's timers have waited long enough
+                if _monotonic() > end:  # uvloop's timers have waited long enough
                     break
         finally:
             self._holding = False

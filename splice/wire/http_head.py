@@ -236,7 +236,9 @@ def _interpret(
         elif name == b"expect":
             expect = value == b"100-continue"
         elif name == b"accept":
-            wants_json = wants_json or b"application/json" in value
+            # find, not ``in``: bytes.__contains__ first tries the operand as an int,
+            # which raises (and formats) a TypeError it then clears, ~1,700 instructions
+            wants_json = wants_json or value.find(b"application/json") >= 0
         else:
             forwarded = True
     if chunked and cl is not None:
