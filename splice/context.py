@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import time
 from asyncio import AbstractEventLoop
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -62,8 +61,9 @@ class Context:
         self.conns: set[Any] = set()
         self.metrics = Metrics()
         self.stats = self.metrics.counts
-        #: upstream connections open per shed (for max_connections per shed)
-        self.shed_active: Counter[str] = Counter()
+        #: upstream connections open per shed (for max_connections per shed), only sheds
+        #: with one open. A plain dict: compiled, a Counter's items go through its slots
+        self.shed_active: dict[str, int] = {}
         self.draining = False
         #: names -> addresses for the egress gateway (resolved once, checked, dialled)
         self.dns = DnsCache()

@@ -392,14 +392,15 @@ class Relay:
         ctx = self.ctx
         sc = ctx.cfg.sheds.get(shed)
         limit = (sc.max_connections if sc is not None else 0) or ctx.cfg.max_connections_per_shed
-        if limit and ctx.shed_active[shed] >= limit:
+        active = ctx.shed_active.get(shed, 0)
+        if limit and active >= limit:
             raise BackendError(
                 f"Shed {shed!r} is at its connection limit; try again shortly.",
                 code="TOO_MANY_CONNECTIONS",
                 shed=shed,
                 port=port,
             )
-        ctx.shed_active[shed] += 1
+        ctx.shed_active[shed] = active + 1
         self.counted = shed
 
     def activity(self) -> int:
@@ -544,8 +545,14 @@ class Relay:
     def _release_upstream(self) -> socket.socket | None:
         """Stop counting the upstream against its shed and settle its flow; the socket,
         no longer this connection's, is the caller's to close or pool."""
-        if self.counted is not None:
-            self.ctx.shed_active[self.counted] -= 1
+        shed = self.counted
+        if shed is not None:
+            active = self.ctx.shed_active
+            left = active[shed] - 1
+            if left:
+                active[shed] = left
+            else:  # no entry per shed ever seen: the map holds only sheds in use
+                del active[shed]
             self.counted = None
         up = self.up
         if up is None:
