@@ -27,33 +27,12 @@ import time
 from pathlib import Path
 
 from bench.proc import Managed, free_ports, wait_port
-from bench.targets import DOMAIN, HOST, REPO, Backend, Env
+from bench.targets import HOST, REPO, Backend, Env, Splice
 
 #: under valgrind splice starts ~30x slower than natively
 _START_TIMEOUT = 120.0
 _WARMUP = 40
 _NAME = re.compile(r"\((\d+)\)(?: (.*))?")
-
-
-def _config(http: int, tls: int, be: Backend) -> str:
-    return f"""domains = ["{DOMAIN}"]
-default_port = 8080
-access_log = false
-workers = 1
-
-[[listen]]
-address = "127.0.0.1:{http}"
-mode = "http"
-
-[[listen]]
-address = "127.0.0.1:{tls}"
-mode = "tls-passthrough"
-
-[sheds.alpha]
-address = "127.0.0.1"
-default_port = {be.http}
-tls_port = {be.tls}
-"""
 
 
 def _load(kind: str, port: int, ops: int) -> int:
@@ -127,7 +106,7 @@ def main() -> None:
             be.start()
             http, tls = free_ports(2)
             conf = work / "splice.toml"
-            conf.write_text(_config(http, tls, be))
+            conf.write_text(Splice()._config(http, tls, env, be))  # the bench's own splice
             out = work / "callgrind.out"
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             argv += [sys.executable, "-m", "splice", "serve", "-c", str(conf)]
