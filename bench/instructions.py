@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=300, help="connections or requests counted")
     ap.add_argument("--build", default=str(REPO / "build" / "compiled"), help="PYTHONPATH")
     ap.add_argument("--top", type=int, default=25, help="splice functions listed")
+    ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (callgrind_annotate)")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "curl", "nginx", "openssl"):
         if shutil.which(tool) is None:
@@ -128,6 +129,8 @@ def main() -> None:
             if not dumps:
                 sys.exit("bench.instructions: callgrind wrote no dump")
             total, incl = inclusive(dumps[-1])
+            if a.keep is not None:
+                shutil.copyfile(dumps[-1], a.keep)
         finally:
             if splice is not None:
                 splice.stop()

@@ -11,6 +11,7 @@ command -v nginx    >/dev/null || need+=(nginx-light)
 command -v ip       >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v strace   >/dev/null || need+=(strace)
 # mypyc's C: a compiler, and the headers of the Python the venv is made from
 command -v cc       >/dev/null || need+=(gcc)
 "${PYTHON:-python3}" -c 'import os, sys, sysconfig

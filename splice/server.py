@@ -26,9 +26,11 @@ from splice.accesslog import FLUSH_EVERY, AccessLog
 from splice.config import Config, ListenConfig
 from splice.context import Context, PortsSource
 from splice.http_conn import HttpConn
+from splice.io.native import NATIVE_ACCEPT, AcceptBatch
 from splice.resolve.base import Resolver
 from splice.resolve.chain import ResolverChain
 from splice.resolve.static import StaticResolver
+from splice.routing.netset import NetSet
 
 log: Final = logging.getLogger("splice")
 
@@ -50,6 +52,8 @@ IDLE_SWEEP_EVERY: Final = 1.0
 #: kernel queue of not-yet-accepted connections (capped by net.core.somaxconn)
 BACKLOG: Final = 4096
 _RESOURCE_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_STREAM: Final = socket.SOCK_STREAM
+_STREAM_NONBLOCK: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 def raise_fd_limit() -> int:
@@ -122,9 +126,11 @@ class Listener:
         ctx.reactor.register(sock.fileno(), self, select.EPOLLIN)
 
     def on_event(self, fd: int, events: int) -> None:
+        allow = self.ctx.allowed(self.config)
+        if NATIVE_ACCEPT is not None:
+            self._accept_native(NATIVE_ACCEPT, fd, allow)
+            return
         accept = self.sock._accept  # type: ignore[attr-defined]
-        family, stream, factory, ctx = self.family, socket.SOCK_STREAM, self.factory, self.ctx
-        allow = ctx.allowed(self.config)
         for _ in range(ACCEPT_BATCH):
             try:
                 cfd, addr = accept()
@@ -135,21 +141,45 @@ class Listener:
                     self._back_off(e)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM...: that client's problem only
-            if allow and addr[0] not in allow:
-                os.close(cfd)  # denied: closed before a byte is read, no banner
-                ctx.stats["denied"] += 1
-                continue
-            # the C socket type: the Python wrapper's __init__ and close add frames, no use
-            client = _socket.socket(family, stream, 0, cfd)
+            self._open(cfd, addr[0], addr[1], _STREAM, allow)
+
+    def _accept_native(self, accept: AcceptBatch, fd: int, allow: NetSet) -> None:
+        """``on_event`` on the compiled build: batches from the C accept, whose sockets
+        are non-blocking already, and which never calls accept once more to find the
+        queue empty (``splice/io/_copy.c`` says why)."""
+        most = ACCEPT_BATCH
+        while most > 0:
+            got, err = accept(fd, most)
+            for cfd, host, port in got:
+                self._open(cfd, host, port, _STREAM_NONBLOCK, allow)
+            if not err:
+                return
+            if err in _RESOURCE_ERRNOS:
+                self._back_off(OSError(err, os.strerror(err)))
+                return
+            most -= len(got) + 1  # skipped: that client's problem only, as above
+
+    def _open(self, cfd: int, host: str, port: int, kind: int, allow: NetSet) -> None:
+        """Start the connection on accepted socket ``cfd``; ``kind`` is SOCK_STREAM, with
+        SOCK_NONBLOCK when the socket is non-blocking already."""
+        ctx = self.ctx
+        if allow and host not in allow:
+            os.close(cfd)  # denied: closed before a byte is read, no banner
+            ctx.stats["denied"] += 1
+            return
+        # the C socket type: the Python wrapper's __init__ and close add frames, no use.
+        # With SOCK_NONBLOCK in its type it takes the socket as non-blocking, no ioctl
+        client = _socket.socket(self.family, kind, 0, cfd)
+        if kind == _STREAM:
             client.setblocking(False)
-            try:
-                factory(ctx, client, addr[:2], self.config)
-            except Exception:
-                # a bug in one connection's set-up must not cost the rest of the batch
-                log.exception("setting up the connection from %s failed", addr[0])
-                for conn in [c for c in ctx.conns if c.cfd == cfd]:
-                    conn.close()  # it may have been tracked before it failed
-                client.close()
+        try:
+            self.factory(ctx, client, (host, port), self.config)
+        except Exception:
+            # a bug in one connection's set-up must not cost the rest of the batch
+            log.exception("setting up the connection from %s failed", host)
+            for conn in [c for c in ctx.conns if c.cfd == cfd]:
+                conn.close()  # it may have been tracked before it failed
+            client.close()
 
     def _back_off(self, e: OSError) -> None:
         now = self.ctx.loop.time()

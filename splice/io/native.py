@@ -2,23 +2,25 @@
 
 An interpreted install runs the same logic in Python: ``Flow.copy_py`` for the copy
 loop; for the fast path, every event goes to its handler (``Reactor``); for ``onto``
-and ``put``, the socket's ``recv`` and ``send`` (``read_onto``, ``Flow.write``).
+and ``put``, the socket's ``recv`` and ``send`` (``read_onto``, ``Flow.write``); for
+``accept``, the listening socket's own accept (``Listener.on_event``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 #: ``copy(src_fd, dst_fd, budget, short_ok) -> (status, nread, tail)``
 CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | None]]
-
-
 #: ``onto(fd, buf, most) -> n``: n bytes read onto the end of buf, 0 at the end of the
 #: stream, -1 when nothing is there now
 ReadOnto = Callable[[int, bytearray, int], int]
 #: ``put(fd, data) -> n``: n bytes sent, 0 when the socket takes none now
 Put = Callable[[int, bytes | bytearray | memoryview], int]
+#: ``accept(listen_fd, most) -> ([(fd, host, port), ...], errno)``: up to ``most``
+#: connections, non-blocking, and the errno the batch stopped on (0: none)
+AcceptBatch = Callable[[int, int], tuple[list[tuple[int, str, int]], int]]
 
 
 class FastPath(NamedTuple):
@@ -35,43 +37,24 @@ class FastPath(NamedTuple):
     taken: Callable[[int], int]
 
 
-def _copy() -> CopyLoop | None:
+def _c(name: str) -> Any:
+    """The C module's function ``name``, or None on an install without it."""
     try:
-        from splice.io._copy import copy
+        from splice.io import _copy
     except ImportError:
         return None
-    return copy
-
-
-def _fast() -> FastPath | None:
-    try:
-        from splice.io._copy import poll, taken, tunnel, untunnel
-    except ImportError:
-        return None
-    return FastPath(poll, tunnel, untunnel, taken)
-
-
-def _onto() -> ReadOnto | None:
-    try:
-        from splice.io._copy import onto
-    except ImportError:
-        return None
-    return onto
-
-
-def _put() -> Put | None:
-    try:
-        from splice.io._copy import put
-    except ImportError:
-        return None
-    return put
+    return getattr(_copy, name)
 
 
 #: the C copy loop, or None
-NATIVE_COPY: Final = _copy()
+NATIVE_COPY: Final[CopyLoop | None] = _c("copy")
 #: the C fast path, or None
-FAST: Final = _fast()
+FAST: Final[FastPath | None] = (
+    None if _c("poll") is None else FastPath(_c("poll"), _c("tunnel"), _c("untunnel"), _c("taken"))
+)
 #: the C read onto a bytearray, or None
-NATIVE_ONTO: Final = _onto()
+NATIVE_ONTO: Final[ReadOnto | None] = _c("onto")
 #: the C send, or None
-NATIVE_PUT: Final = _put()
+NATIVE_PUT: Final[Put | None] = _c("put")
+#: the C accept batch, or None
+NATIVE_ACCEPT: Final[AcceptBatch | None] = _c("accept")
