@@ -141,7 +141,7 @@ class Listener:
                     self._back_off(e)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM...: that client's problem only
-            self._open(cfd, addr[0], addr[1], _STREAM, allow)
+            self._open(cfd, addr[:2], _STREAM, allow)
 
     def _accept_native(self, accept: AcceptBatch, fd: int, allow: NetSet) -> None:
         """``on_event`` on the compiled build: batches from the C accept, whose sockets
@@ -150,8 +150,8 @@ class Listener:
         most = ACCEPT_BATCH
         while most > 0:
             got, err = accept(fd, most)
-            for cfd, host, port in got:
-                self._open(cfd, host, port, _STREAM_NONBLOCK, allow)
+            for cfd, peer in got:
+                self._open(cfd, peer, _STREAM_NONBLOCK, allow)
             if not err:
                 return
             if err in _RESOURCE_ERRNOS:
@@ -159,11 +159,11 @@ class Listener:
                 return
             most -= len(got) + 1  # skipped: that client's problem only, as above
 
-    def _open(self, cfd: int, host: str, port: int, kind: int, allow: NetSet) -> None:
+    def _open(self, cfd: int, peer: tuple[str, int], kind: int, allow: NetSet) -> None:
         """Start the connection on accepted socket ``cfd``; ``kind`` is SOCK_STREAM, with
         SOCK_NONBLOCK when the socket is non-blocking already."""
         ctx = self.ctx
-        if allow and host not in allow:
+        if allow and peer[0] not in allow:
             os.close(cfd)  # denied: closed before a byte is read, no banner
             ctx.stats["denied"] += 1
             return
@@ -173,10 +173,10 @@ class Listener:
         if kind == _STREAM:
             client.setblocking(False)
         try:
-            self.factory(ctx, client, (host, port), self.config)
+            self.factory(ctx, client, peer, self.config)
         except Exception:
             # a bug in one connection's set-up must not cost the rest of the batch
-            log.exception("setting up the connection from %s failed", host)
+            log.exception("setting up the connection from %s failed", peer[0])
             for conn in [c for c in ctx.conns if c.cfd == cfd]:
                 conn.close()  # it may have been tracked before it failed
             client.close()

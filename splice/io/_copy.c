@@ -56,27 +56,42 @@ static char buf[CHUNK];
 /* events taken per poll at most (the reactor asks for its BATCH) */
 #define MAX_EVENTS 1024
 
+/* A tuple of a, b and c (c NULL: a pair), whose references it takes; NULL when one of
+ * them is NULL (an error set by what made it) or the tuple cannot be made. Made by
+ * hand: Py_BuildValue parses its format string at every call, which on the per-event
+ * path cost more than the tuple itself. */
+static PyObject *
+pack(PyObject *a, PyObject *b, PyObject *c, int n)
+{
+    PyObject *t = (a != NULL && b != NULL && (n == 2 || c != NULL)) ? PyTuple_New(n) : NULL;
+    if (t == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    if (n == 3)
+        PyTuple_SET_ITEM(t, 2, c);
+    return t;
+}
+
+/* None, or o, as a new reference */
+static PyObject *
+or_none(PyObject *o)
+{
+    o = o == NULL ? Py_None : o;
+    Py_INCREF(o);
+    return o;
+}
+
 static PyObject *
 result(int status, Py_ssize_t nread, PyObject *tail)
 {
-    PyObject *t = PyTuple_New(3);
-    PyObject *s = PyLong_FromLong(status);
-    PyObject *n = PyLong_FromSsize_t(nread);
-    if (t == NULL || s == NULL || n == NULL) {
-        Py_XDECREF(t);
-        Py_XDECREF(s);
-        Py_XDECREF(n);
-        Py_XDECREF(tail);
-        return NULL;
-    }
-    if (tail == NULL) {
-        tail = Py_None;
-        Py_INCREF(tail);
-    }
-    PyTuple_SET_ITEM(t, 0, s);
-    PyTuple_SET_ITEM(t, 1, n);
-    PyTuple_SET_ITEM(t, 2, tail);
-    return t;
+    if (tail == NULL)
+        tail = or_none(NULL);
+    return pack(PyLong_FromLong(status), PyLong_FromSsize_t(nread), tail, 3);
 }
 
 /* 0 when a function got its ``want`` arguments, else -1 with a TypeError set */
@@ -274,14 +289,14 @@ untunnel(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     route *r = route_of(src);
     if (r == NULL)
-        return Py_BuildValue("(nOi)", (Py_ssize_t)0, Py_None, 0);
+        return pack(PyLong_FromLong(0), or_none(NULL), PyLong_FromLong(0), 3);
     if (r->on && !force)
         Py_RETURN_NONE;
     route was = *r;
     *r = (route){.dst = -1};
-    PyObject *out = Py_BuildValue("(nOi)", was.count, was.tail ? was.tail : Py_None, was.err);
-    Py_XDECREF(was.tail);
-    return out;
+    /* the route's reference to the tail passes to the tuple */
+    return pack(PyLong_FromSsize_t(was.count), was.tail != NULL ? was.tail : or_none(NULL),
+                PyLong_FromLong(was.err), 3);
 }
 
 PyDoc_STRVAR(taken_doc,
@@ -383,7 +398,7 @@ poll(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                 }
             }
         }
-        PyObject *item = Py_BuildValue("(iI)", fd, events);
+        PyObject *item = pack(PyLong_FromLong(fd), PyLong_FromUnsignedLong(events), NULL, 2);
         if (item == NULL)
             goto fail;
         int bad = PyList_Append(left, item);
@@ -391,7 +406,7 @@ poll(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         if (bad)
             goto fail;
     }
-    return Py_BuildValue("(iN)", n, left);
+    return pack(PyLong_FromLong(n), left, NULL, 2);
 fail:
     Py_DECREF(left);
     return NULL;
@@ -483,23 +498,51 @@ put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  * ``tcpi_unacked`` is the accept queue's length (what ``ss -l`` shows as Recv-Q).
  */
 
-/* (fd, host, port) of an accepted connection; host is "" and port 0 for a family
- * other than IPv4 and IPv6 */
+/* the dotted quad of the IPv4 address at b (network order) into out (16 bytes); its
+ * length. By hand: glibc's inet_ntop formats it with sprintf, ~1,300 instructions */
+static Py_ssize_t
+ipv4_text(const unsigned char *b, char *out)
+{
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100) {
+            *p++ = (char)('0' + v / 100);
+            v %= 100;
+            *p++ = (char)('0' + v / 10);
+            v %= 10;
+        } else if (v >= 10) {
+            *p++ = (char)('0' + v / 10);
+            v %= 10;
+        }
+        *p++ = (char)('0' + v);
+        if (i < 3)
+            *p++ = '.';
+    }
+    return p - out;
+}
+
+/* (fd, (host, port)) of an accepted connection, the host as the socket methods give it;
+ * "" and 0 for a family other than IPv4 and IPv6 */
 static PyObject *
 accepted(int fd, const struct sockaddr_storage *ss)
 {
     char host[INET6_ADDRSTRLEN] = "";
+    Py_ssize_t len = 0;
     int port = 0;
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        len = ipv4_text((const unsigned char *)&a->sin_addr, host);
         port = ntohs(a->sin_port);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) != NULL)
+            len = (Py_ssize_t)strlen(host);
         port = ntohs(a->sin6_port);
     }
-    return Py_BuildValue("(isi)", fd, host, port);
+    return pack(PyLong_FromLong(fd),
+                pack(PyUnicode_FromStringAndSize(host, len), PyLong_FromLong(port), NULL, 2),
+                NULL, 2);
 }
 
 /* how many connections wait in listener fd's accept queue; -1 when it cannot tell */
@@ -516,7 +559,7 @@ queued(int fd)
 }
 
 PyDoc_STRVAR(accept_doc,
-"accept(listen_fd, most) -> ([(fd, host, port), ...], errno)\n\n"
+"accept(listen_fd, most) -> ([(fd, (host, port)), ...], errno)\n\n"
 "Accept up to ``most`` connections, each socket non-blocking and close-on-exec.\n"
 "After the first, the listener's accept queue length bounds the batch, so no\n"
 "accept fails for want of a connection. errno is 0 when the batch ended normally\n"
@@ -561,7 +604,7 @@ accept_(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                 most = more + 1;
         }
     }
-    return Py_BuildValue("(Ni)", got, err);
+    return pack(got, PyLong_FromLong(err), NULL, 2);
 fail:
     /* the connections accepted so far would leak with the list: close them */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(got); i++)

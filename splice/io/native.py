@@ -18,9 +18,9 @@ CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | None]]
 ReadOnto = Callable[[int, bytearray, int], int]
 #: ``put(fd, data) -> n``: n bytes sent, 0 when the socket takes none now
 Put = Callable[[int, bytes | bytearray | memoryview], int]
-#: ``accept(listen_fd, most) -> ([(fd, host, port), ...], errno)``: up to ``most``
+#: ``accept(listen_fd, most) -> ([(fd, (host, port)), ...], errno)``: up to ``most``
 #: connections, non-blocking, and the errno the batch stopped on (0: none)
-AcceptBatch = Callable[[int, int], tuple[list[tuple[int, str, int]], int]]
+AcceptBatch = Callable[[int, int], tuple[list[tuple[int, tuple[str, int]]], int]]
 
 
 class FastPath(NamedTuple):

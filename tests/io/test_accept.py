@@ -50,10 +50,10 @@ def _queued(listener: socket.socket) -> int:
     return int.from_bytes(info[24:28], sys.byteorder)
 
 
-def close_all(socks: list[socket.socket], got: list[tuple[int, str, int]]) -> None:
+def close_all(socks: list[socket.socket], got: list[tuple[int, tuple[str, int]]]) -> None:
     for s in socks:
         s.close()
-    for fd, _, _ in got:
+    for fd, _ in got:
         os.close(fd)
 
 
@@ -65,8 +65,8 @@ class TestBatch:
         got, err = c_module.accept(listener.fileno(), 8)
         try:
             assert err == 0
-            assert sorted((h, p) for _, h, p in got) == sorted(c.getsockname() for c in clients)
-            assert len({fd for fd, _, _ in got}) == 3
+            assert sorted((h, p) for _, (h, p) in got) == sorted(c.getsockname() for c in clients)
+            assert len({fd for fd, _ in got}) == 3
             assert c_module.accept(listener.fileno(), 8) == ([], 0)
         finally:
             close_all(clients, got)
@@ -77,7 +77,7 @@ class TestBatch:
         clients = connect(listener, 1)
         got, _ = c_module.accept(listener.fileno(), 1)
         try:
-            ((fd, _, _),) = got
+            ((fd, _),) = got
             assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
             assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
             # the wrapper splice makes takes it as non-blocking from its type alone
@@ -107,6 +107,27 @@ class TestBatch:
         finally:
             close_all(clients, first + rest)
 
+    def test_ipv4_peers_are_written_as_inet_ntop_writes_them(
+        self, c_module: ModuleType, listener: socket.socket
+    ) -> None:
+        """The C writes the dotted quad by hand: every digit count in every place."""
+        octets = [0, 1, 9, 10, 11, 99, 100, 101, 109, 110, 199, 200, 249, 250, 255]
+        turns = zip(octets, octets[3:] + octets[:3], octets[7:] + octets[:7], strict=True)
+        sources = [f"127.{a}.{b}.{c}" for a, b, c in turns]
+        sources = [s for s in sources if not s.endswith((".0", ".255"))]
+        for source in sources:
+            with socket.socket() as client:
+                client.bind((source, 0))
+                client.connect(listener.getsockname())
+                deadline = time.monotonic() + 5.0
+                got: list[tuple[int, tuple[str, int]]] = []
+                while not got and time.monotonic() < deadline:
+                    got, _ = c_module.accept(listener.fileno(), 1)
+                try:
+                    assert [peer for _, peer in got] == [client.getsockname()], source
+                finally:
+                    close_all([], got)
+
     @pytest.mark.parametrize("most", [0, -1])
     def test_no_room_accepts_nothing(
         self, c_module: ModuleType, listener: socket.socket, most: int
@@ -132,8 +153,8 @@ class TestBatch:
             got, err = c_module.accept(v6.fileno(), 4)
             try:
                 assert err == 0
-                assert [(h, p) for _, h, p in got] == [clients[0].getsockname()[:2]]
-                assert got[0][1] == "::1"
+                assert [(h, p) for _, (h, p) in got] == [clients[0].getsockname()[:2]]
+                assert got[0][1][0] == "::1"
             finally:
                 close_all(clients, got)
 
@@ -149,7 +170,7 @@ class TestBatch:
                 c.connect(str(tmp_path / "l"))
             got, err = c_module.accept(unix.fileno(), 8)
             try:
-                assert (err, [(h, p) for _, h, p in got]) == (0, [("", 0), ("", 0)])
+                assert (err, [(h, p) for _, (h, p) in got]) == (0, [("", 0), ("", 0)])
             finally:
                 close_all(clients, got)
 
