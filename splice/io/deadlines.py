@@ -26,13 +26,20 @@ class Deadlines(Generic[T]):
             self._due = dict(sorted(self._due.items(), key=lambda kv: kv[1]))
         self.timeout = timeout
 
+    # ``in`` then ``del``, not ``pop(item, None)``: compiled, those two are C calls, where
+    # ``pop`` with a default is a method call by name
+
     def add(self, item: T, now: float) -> None:
         """(Re)start ``item``'s deadline; re-adding moves it to the end."""
-        self._due.pop(item, None)
-        self._due[item] = now + self.timeout
+        due = self._due
+        if item in due:
+            del due[item]
+        due[item] = now + self.timeout
 
     def discard(self, item: T) -> None:
-        self._due.pop(item, None)
+        due = self._due
+        if item in due:
+            del due[item]
 
     def __contains__(self, item: T) -> bool:
         return item in self._due

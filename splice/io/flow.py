@@ -40,6 +40,11 @@ _BUF: Final = bytearray(CHUNK)
 _MV: Final = memoryview(_BUF)
 _SPLICE_FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _SHUT_WR: Final = socket.SHUT_WR
+# the fast path's functions as module Finals: compiled, ``FAST.untunnel(...)`` is a call
+# by name on the NamedTuple, a type lookup and a descriptor at every call
+_tunnel: Final = None if FAST is None else FAST.tunnel
+_untunnel: Final = None if FAST is None else FAST.untunnel
+_taken: Final = None if FAST is None else FAST.taken
 
 # what ``pump`` stopped on
 DRAINED: Final = 0  #: src has nothing more now
@@ -312,7 +317,7 @@ class Flow:
         copy loop in use (a test may pick the Python one).
         """
         if (
-            FAST is None
+            _tunnel is None
             or self.fast
             or self.copy is None
             or self.blocked
@@ -321,7 +326,7 @@ class Flow:
             or self.budget >= 0
         ):
             return
-        FAST.tunnel(self.src_fd, self.dst_fd)
+        _tunnel(self.src_fd, self.dst_fd)
         self.fast = 1
 
     def settle(self, off: bool = False) -> None:
@@ -332,8 +337,8 @@ class Flow:
         """
         if self.fast <= 0:
             return
-        assert FAST is not None
-        got = FAST.untunnel(self.src_fd, off)
+        assert _untunnel is not None
+        got = _untunnel(self.src_fd, off)
         if got is None:  # the route runs on, and left nothing
             return
         n, tail, err = got
@@ -352,8 +357,8 @@ class Flow:
     def total(self) -> int:
         """Bytes read from src so far, the fast path's included."""
         if self.fast > 0:
-            assert FAST is not None
-            self.nbytes += FAST.taken(self.src_fd)
+            assert _taken is not None
+            self.nbytes += _taken(self.src_fd)
         return self.nbytes
 
     def close(self) -> None:

@@ -49,6 +49,10 @@ log: Final = logging.getLogger("splice")
 _monotonic: Final = time.monotonic
 #: read and peer half-close, edge-triggered: what a socket is registered for
 EDGE_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+# the fast path's functions as module Finals: compiled, ``FAST.poll(...)`` is a call by
+# name on the NamedTuple, a type lookup and a descriptor at every call
+_fast_poll: Final = None if FAST is None else FAST.poll
+_untunnel: Final = None if FAST is None else FAST.untunnel
 #: writability
 _OUT: Final = select.EPOLLOUT
 #: and writability: a connect in progress, or a socket that refused a write
@@ -129,10 +133,12 @@ class Reactor:
 
     def forget(self, fd: int) -> None:
         """Drop the handler of an fd about to be closed (close removes it from epoll)."""
-        self.handlers.pop(fd, None)
+        handlers = self.handlers
+        if fd in handlers:  # compiled, ``in`` and ``del`` are C calls; ``pop`` is by name
+            del handlers[fd]
         self.armed.discard(fd)
-        if FAST is not None:  # its flow took it off already; a route by a reused fd
-            FAST.untunnel(fd, True)  # number would send a stranger's bytes
+        if _untunnel is not None:  # its flow took it off already; a route by a reused fd
+            _untunnel(fd, True)  # number would send a stranger's bytes
 
     def unregister(self, fd: int) -> None:
         """Remove an fd that stays open (a listener being paused)."""
@@ -174,8 +180,8 @@ class Reactor:
 
     def _poll(self, timeout_ms: int) -> tuple[int, list[tuple[int, int]]]:
         """How many events came, and those its handlers get (all, without the C path)."""
-        if FAST is not None:
-            return FAST.poll(self._efd, BATCH, timeout_ms)
+        if _fast_poll is not None:
+            return _fast_poll(self._efd, BATCH, timeout_ms)
         ready = self._epoll.poll(timeout_ms / 1000, BATCH)
         return len(ready), ready
 

@@ -44,7 +44,9 @@ class Tunnel(loopback.Rig):
 def fast(c_fast: FastPath, monkeypatch: pytest.MonkeyPatch) -> FastPath:
     """The C fast path, also as ``Flow``'s (on the interpreted run it has none)."""
     if flow_mod.FAST is None:
-        monkeypatch.setattr(flow_mod, "FAST", c_fast)
+        monkeypatch.setattr(flow_mod, "_tunnel", c_fast.tunnel)
+        monkeypatch.setattr(flow_mod, "_untunnel", c_fast.untunnel)
+        monkeypatch.setattr(flow_mod, "_taken", c_fast.taken)
     return c_fast
 
 
