@@ -7,12 +7,15 @@ after real connections on loopback.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hellos import real_hello
 from ops_support import OpsSplice, ShedServerThread, parse_metrics, value
 from prometheus_client.parser import text_string_to_metric_families
 from upstreams import EchoApp, RawClient, get, post, shed, unused_port
@@ -250,3 +253,61 @@ def test_a_keep_alive_connection_counts_each_sheds_bytes_to_that_shed(
     ]
     assert all(d > 0 for d in downs)
     assert value(got, "splice_bytes_total", direction="down") == sum(downs)
+
+
+class SlowTlsVm:
+    """A TLS passthrough "VM" on loopback: it takes the hello, answers ``first`` after
+    ``delay`` seconds, and closes ``linger`` seconds later (splice never decrypts, so
+    raw bytes do). ``client_first``: it waits for the client to close first."""
+
+    def __init__(self, delay: float, linger: float, client_first: bool = False) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.delay, self.linger, self.client_first = delay, linger, client_first
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(10.0)
+            conn.recv(65536)
+            time.sleep(self.delay)
+            conn.sendall(b"\x16\x03\x03\x00\x04" + b"flit")
+            if self.client_first:
+                while conn.recv(65536):
+                    pass
+            else:
+                time.sleep(self.linger)
+
+    def close(self) -> None:
+        self.thread.join(10.0)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("client_first", [False, True], ids=["vm-closes", "client-closes"])
+def test_a_tls_passthroughs_first_upstream_byte_is_timed_when_it_came(
+    running: Callable[..., OpsSplice], client_first: bool
+) -> None:
+    """The VM answers the hello after 0.2 s and holds the connection 0.6 s more: the
+    histogram gets 0.2 s, not the time the connection ended, whichever side ends it."""
+    vm = SlowTlsVm(delay=0.2, linger=0.6, client_first=client_first)
+    try:
+        listen = [{"address": "127.0.0.1:0", "mode": "tls-passthrough"}]
+        s = running({"alpha": {"address": "127.0.0.1", "tls_port": vm.port}}, listen=listen)
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10.0) as c:
+            c.sendall(real_hello("alpha.test"))
+            assert c.recv(9) == b"\x16\x03\x03\x00\x04flit"
+            if client_first:
+                time.sleep(0.6)
+                c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+        got = scrape_until(s, 1)
+        assert value(got, "splice_first_upstream_byte_seconds_count") == 1
+        took = value(got, "splice_first_upstream_byte_seconds_sum")
+        assert 0.19 < took < 0.5, took
+    finally:
+        vm.close()

@@ -604,7 +604,16 @@ accept_(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                 most = more + 1;
         }
     }
-    return pack(got, PyLong_FromLong(err), NULL, 2);
+    /* not pack(): if the tuple cannot be made, the fds in the list must be closed */
+    PyObject *e = PyLong_FromLong(err);
+    PyObject *out = e == NULL ? NULL : PyTuple_New(2);
+    if (out == NULL) {
+        Py_XDECREF(e);
+        goto fail;
+    }
+    PyTuple_SET_ITEM(out, 0, got);
+    PyTuple_SET_ITEM(out, 1, e);
+    return out;
 fail:
     /* the connections accepted so far would leak with the list: close them */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(got); i++)
