@@ -87,6 +87,7 @@ class SnapshotCollector(Collector):
         yield from _resolver(self.snap.get("resolver", {}))
         yield from _upstream_pool(self.snap.get("upstream_pool", {}))
         yield from _supervisor(self.snap.get("supervisor"))
+        yield from _gc(self.snap.get("gc"))
         help_ = "splice version, and mypyc or interpreted."
         info = GaugeMetricFamily("splice_build_info", help_, labels=["version", "build"])
         info.add_metric([__version__, BUILD], 1)
@@ -200,6 +201,27 @@ def _supervisor(sup: Mapping[str, Any] | None) -> Iterator[Metric]:
         accepted.add_metric([str(index)], w["accepted"])
     yield pids
     yield accepted
+
+
+def _gc(g: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The collector's work, summed over workers (``splice.heap``)."""
+    if g is None:
+        return
+    gen = ["generation"]
+    for key, name, doc in (
+        ("collections", "splice_gc_collections", "Garbage collections, per generation."),
+        ("collected", "splice_gc_objects_collected", "Objects the collector freed."),
+        ("seconds", "splice_gc_seconds", "Time spent in collections (the GIL held)."),
+    ):
+        fam = CounterMetricFamily(name, doc, labels=gen)
+        for i, v in enumerate(g[key]):
+            fam.add_metric([str(i)], v)
+        yield fam
+    yield GaugeMetricFamily(
+        "splice_gc_frozen_objects",
+        "Start-up objects frozen out of every collection.",
+        g["frozen"],
+    )
 
 
 def render(snapshot: Mapping[str, Any]) -> bytes:

@@ -25,6 +25,7 @@ from typing import Any, Final, TextIO
 from splice.accesslog import FLUSH_EVERY, AccessLog
 from splice.config import Config, ListenConfig
 from splice.context import Context, PortsSource
+from splice.heap import gc_snapshot
 from splice.http_conn import HttpConn
 from splice.io.native import NATIVE_ACCEPT, AcceptBatch
 from splice.resolve.base import Resolver
@@ -264,6 +265,7 @@ class Server:
         res = {"hits": c.hits, "misses": c.misses, "stale": c.stale}
         snap = ctx.metrics.snapshot(len(ctx.conns), {k: v + r[k] for k, v in res.items()})
         snap["upstream_pool"] = ctx.upstreams.stats()
+        snap["gc"] = gc_snapshot()
         return snap
 
     @property

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from splice import heap
 from splice.admin import AdminServer, Backend
 from splice.config import Config, load_config, parse_config
 from splice.config_ops import share_limits
@@ -146,6 +147,7 @@ def run(cfg: Config, *, drain: float | None = None, path: str | None = None) -> 
         stopper = Stopper(lambda: _grace(server, drain), reload_task(backend.reload))
         try:
             admin = await start_admin(cfg, backend)
+            _settle_heap()
             await stopper.stop.wait()
         finally:
             if admin is not None:
@@ -159,6 +161,13 @@ def run(cfg: Config, *, drain: float | None = None, path: str | None = None) -> 
         print(f"splice: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _settle_heap() -> None:
+    """Once the process is set up to serve, before its first connection (``splice.heap``)."""
+    heap.CLOCK.start()
+    frozen = heap.settle()
+    log.debug("start-up heap frozen: %d objects", frozen)
 
 
 def _grace(server: Server, drain: float | None) -> float:
@@ -188,6 +197,7 @@ class Worker:
         server = Server(self._config(config))
         await server.start()
         self.server = server
+        _settle_heap()
         return {"pid": os.getpid(), "addresses": server.addresses}
 
     def _live(self) -> Server:

@@ -124,6 +124,22 @@ def test_render_reports_workers_for_a_supervisor() -> None:
     assert value(got, "splice_worker_connections_accepted_total", worker="0") == 1
 
 
+def test_render_reports_the_collectors_work_per_generation() -> None:
+    gc = {"collections": [40, 4, 1], "collected": [300, 20, 7], "seconds": [0.002, 0.001, 0.014]}
+    a = {**sample_metrics(["alpha"]).snapshot(0, {}), "gc": {**gc, "frozen": 33000}}
+    b = {**sample_metrics(["alpha"]).snapshot(0, {}), "gc": {**gc, "frozen": 32000}}
+    text = render(merge([a, b])).decode()
+    fam = families(text)
+    for name in ("splice_gc_collections", "splice_gc_objects_collected", "splice_gc_seconds"):
+        assert fam[name].type == "counter"
+    assert fam["splice_gc_frozen_objects"].type == "gauge"
+    got = parse_metrics(text)
+    assert value(got, "splice_gc_collections_total", generation="2") == 2  # two workers
+    assert value(got, "splice_gc_objects_collected_total", generation="0") == 600
+    assert value(got, "splice_gc_seconds_total", generation="2") == 0.028
+    assert value(got, "splice_gc_frozen_objects") == 65000
+
+
 # -- against a running splice ----------------------------------------------------------
 
 
@@ -189,6 +205,15 @@ def test_counters_move_with_traffic(
     assert value(got, "splice_dial_seconds_count") >= 3
     assert value(got, "splice_first_upstream_byte_seconds_count") >= 3
     assert value(got, "splice_head_parse_seconds_count") >= 5
+
+
+def test_a_serving_splice_has_its_start_up_heap_frozen(running: Callable[..., OpsSplice]) -> None:
+    s = running({"alpha": {"address": "127.0.0.1", "default_port": unused_port()}})
+    got = s.scrape()
+    assert value(got, "splice_gc_frozen_objects") > 5000  # modules, config, loop
+    # the full collection before the freeze, timed
+    assert value(got, "splice_gc_collections_total", generation="2") >= 1
+    assert value(got, "splice_gc_seconds_total", generation="2") > 0
 
 
 def test_resolver_counters_survive_a_reload(

@@ -128,6 +128,7 @@ def test_two_workers_share_the_listener_and_metrics_are_summed(
     assert all(n > 0 for n in each), each  # both workers accepted connections
     assert sum(each) == value(got, "splice_connections_accepted_total") == SPREAD
     assert value(got, "splice_workers") == 2
+    assert value(got, "splice_gc_frozen_objects") > 2 * 5000  # each worker froze its own
     status, body = s.admin("/readyz")
     assert status == 200 and body.startswith("ready\nworkers: 2 of 2 ready")
     status, body = s.admin("/routes")
