@@ -48,7 +48,7 @@ async def resolver_ready(server: Server) -> tuple[bool, str]:
             try:
                 await r.info()
             except SpliceError as e:
-                problems.append(f"shed-api: {e.message}")
+                problems.append(f"shed-api: {e.message} ({cfg.resolver.shed_server})")
                 continue
             return True, f"shed-server at {cfg.resolver.shed_server} answers"
         if r.kind == "metadata":

@@ -84,11 +84,20 @@ def test_readyz_follows_shed_server_and_a_fresh_cache(
     start: Start, alpha: EchoApp, shed_server: ShedServerThread
 ) -> None:
     resolver = {"chain": ["shed-api"], "timeout": 0.5, "ttl": 60.0}
-    down = {**resolver, "shed_server": f"http://127.0.0.1:{unused_port()}"}
+    gone = unused_port()
+    down = {**resolver, "shed_server": f"http://127.0.0.1:{gone}"}
     s = start(config({"alpha": {"default_port": alpha.port}}, resolver=down))
     status, body = s.admin("/readyz")
     assert status == 503, body
     assert body.startswith("not ready") and "could not be reached" in body
+    assert down["shed_server"] in body  # the operator's answer names it; a page does not
+    # a browser's page says what failed, never where the shed-server listens; the log does
+    with RawClient(s.port) as c:
+        c.send(get("alpha.test", extra="Connection: close\r\n"))
+        page = c.read_response()
+    assert page.status == 503 and b"shed-server could not be reached" in page.body
+    assert str(gone).encode() not in page.body
+    s.wait_log(f"shed-server at 127.0.0.1:{gone} could not be reached (Connection refused)")
 
     shed_server.add_shed("alpha", "127.0.0.1")
     up = {**resolver, "shed_server": shed_server.url}

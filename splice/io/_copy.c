@@ -181,8 +181,9 @@ PyDoc_STRVAR(copy_doc,
 "until src has nothing more (0), dst refuses bytes (1: tail is a bytearray of\n"
 "what it refused), src ends (2), the budget is spent (3), or a read filled the\n"
 "buffer (4). budget caps the bytes read (-1: no cap); short_ok: a read shorter\n"
-"than asked means src is drained. nread counts the bytes read. Errors raise\n"
-"OSError, as the socket methods do.");
+"than asked means src is drained. nread counts the bytes read. A socket error\n"
+"ends it as status -1 with the errno as tail: nread still counts the bytes read\n"
+"before it (the caller raises), as the Python loop counts each read at once.");
 
 static PyObject *
 copy(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -202,8 +203,8 @@ copy(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     r = move(src, dst, budget, r, &total, &lo, &hi, &err);
     if (r == FAILED) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *e = PyLong_FromLong(err);
+        return e == NULL ? NULL : result(FAILED, total, e);
     }
     if (r == BLOCKED) {
         PyObject *tail = PyByteArray_FromStringAndSize(buf + lo, hi - lo);

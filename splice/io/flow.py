@@ -136,6 +136,8 @@ class Flow:
                 self.budget -= n
             if r != _FULL:
                 if tail is not None:
+                    if isinstance(tail, int):  # status -1: counted, now raised
+                        raise OSError(tail, os.strerror(tail))
                     self._stall(tail)
                 return r
             self.splicing = True

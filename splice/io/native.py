@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-#: ``copy(src_fd, dst_fd, budget, short_ok) -> (status, nread, tail)``
-CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | None]]
+#: ``copy(src_fd, dst_fd, budget, short_ok) -> (status, nread, tail)``: tail is the
+#: bytes dst refused, or the errno of status -1 (a socket error)
+CopyLoop = Callable[[int, int, int, bool], tuple[int, int, bytearray | int | None]]
 #: ``onto(fd, buf, most) -> n``: n bytes read onto the end of buf, 0 at the end of the
 #: stream, -1 when nothing is there now
 ReadOnto = Callable[[int, bytearray, int], int]

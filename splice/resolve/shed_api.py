@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import h11
 
 from splice import __version__
+from splice.errors import BackendError
 from splice.resolve._shed import is_shed_name, not_running, running_address, unavailable
 from splice.resolve.base import Endpoint
+
+log = logging.getLogger("splice.resolve")
 
 #: a shed object is ~300 bytes; a megabyte is far past any real answer
 MAX_BODY = 1 << 20
@@ -97,23 +102,33 @@ class ShedApiResolver:
 
     async def _get_json(self, path: str, shed: str | None) -> tuple[int, object]:
         """(status, parsed JSON body or None); 5xx, I/O errors and timeouts raise."""
-        where = f"shed-server at {self._host_header}"
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._slots:
                     status, body = await self._request(self._prefix + path)
         except TimeoutError:
-            raise unavailable(shed, f"{where} did not answer within {self._timeout:g}s.") from None
+            raise self._down(shed, f"did not answer within {self._timeout:g}s") from None
         except (OSError, h11.ProtocolError) as e:
-            raise unavailable(shed, f"{where} could not be reached ({_why(e)}).") from None
+            raise self._down(shed, f"could not be reached ({_why(e)})") from None
         if status >= 500:
-            raise unavailable(shed, f"{where} answered HTTP {status}.")
+            raise self._down(shed, f"answered HTTP {status}")
         try:
             return status, json.loads(body) if body else None
         except (ValueError, RecursionError):
             if status == 200:
-                raise unavailable(shed, f"{where} sent malformed JSON.") from None
+                raise self._down(shed, "sent malformed JSON") from None
             return status, None  # e.g. Go's plain-text "404 page not found"
+
+    def _down(self, shed: str | None, what: str) -> BackendError:
+        """RESOLVER_UNAVAILABLE; a lookup's failure is logged with the shed-server's address.
+
+        The message leaves it out: a client's error page shows the message, and a
+        browser has no business learning where the host's control plane listens. The
+        health checks (``info``, no shed) print the configured URL beside it themselves.
+        """
+        if shed is not None:
+            log.warning("shed-server at %s %s (looking up shed %r)", self._host_header, what, shed)
+        return unavailable(shed, f"shed-server {what}.")
 
     async def _request(self, target: str) -> tuple[int, bytes]:
         conn = self._take_idle()
@@ -200,4 +215,7 @@ def _error_code(doc: object) -> str:
 
 
 def _why(e: BaseException) -> str:
+    """The cause in a few words, and never an address (asyncio's connect errors name it)."""
+    if isinstance(e, OSError):
+        return os.strerror(e.errno) if e.errno else type(e).__name__
     return type(e).__name__ if not str(e) else str(e)[:200]
