@@ -174,6 +174,24 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / CLK_TCK
 
 
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot, from /proc/stat's "cpu" line.
+
+    ``softirq`` (with ``irq``) is where loopback TCP does the receiving side's work,
+    outside any process's time; ``idle`` (with ``iowait``) is what no process used;
+    ``steal`` what the hypervisor gave to others.
+    """
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    return {
+        "busy": (user + nice + system) / CLK_TCK,
+        "softirq": (irq + softirq) / CLK_TCK,
+        "idle": (idle + iowait) / CLK_TCK,
+        "steal": steal / CLK_TCK,
+    }
+
+
 def rss_kib(pids: Iterable[int]) -> int:
     """Sum of VmRSS over the processes, KiB."""
     total = 0

@@ -255,6 +255,10 @@ class Backend:
     def endpoints(self) -> Endpoints:
         return Endpoints(http=self.http, ws=self.ws, tls=self.tls)
 
+    def pids(self) -> list[int]:
+        """The HTTP server's processes (nginx's master and worker): the VM's CPU."""
+        return tree(p.pid for p in self.procs if p.name == "backend-nginx")
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
