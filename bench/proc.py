@@ -181,11 +181,9 @@ def machine_seconds() -> dict[str, float]:
     outside any process's time; ``idle`` (with ``iowait``) is what no process used;
     ``steal`` what the hypervisor gave to others.
     """
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = v
+    with open("/proc/stat") as f:  # cpu user nice system idle iowait irq softirq steal
+        idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[4:9])
     return {
-        "busy": (user + nice + system) / CLK_TCK,
         "softirq": (irq + softirq) / CLK_TCK,
         "idle": (idle + iowait) / CLK_TCK,
         "steal": steal / CLK_TCK,
