@@ -174,6 +174,12 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / CLK_TCK
 
 
+def children_cpu_seconds() -> float:
+    """utime+stime of every child this process has waited for (a client run to its end)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def machine_seconds() -> dict[str, float]:
     """CPU seconds of the whole machine since boot, from /proc/stat's "cpu" line.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import resource
 import select
 import subprocess
 import time
@@ -19,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.proc import cpu_seconds, fd_count, machine_seconds, rss_kib, run
+from bench.proc import (
+    children_cpu_seconds,
+    cpu_seconds,
+    fd_count,
+    machine_seconds,
+    rss_kib,
+    run,
+)
 from bench.targets import (
     BIG_BYTES,
     DOMAIN,
@@ -136,15 +142,15 @@ def _cpu(ctx: Ctx) -> tuple[list[int], float]:
 
 def _python_client(ctx: Ctx, module: str, args: list[str], timeout: float) -> Figures:
     argv = [ctx.env.python, "-m", module, *args]
-    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    r0, t0 = children_cpu_seconds(), time.monotonic()
     out = run(argv, timeout=timeout, cwd=REPO)
-    r1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    r1, t1 = children_cpu_seconds(), time.monotonic()
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(f"{module} gave no result (rc {out.returncode}): {out.stderr[-400:]}")
     result: Figures = json.loads(lines[-1])
     # the client's own CPU (% of one core over its run): near 100 it is the bottleneck
-    used = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    used = r1 - r0
     result["client_cpu_pct"] = 100 * used / (t1 - t0) if t1 > t0 else None
     return result
 
@@ -172,9 +178,9 @@ def _wrk(
     aux = ctx.target.aux_pids()
     vm = ctx.backend.pids()
     a0, v0, m0 = cpu_seconds(aux), cpu_seconds(vm), machine_seconds()
-    w0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w0 = children_cpu_seconds()
     out = run(argv, timeout=ctx.s.duration + 30)
-    w1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w1 = children_cpu_seconds()
     c1, a1, v1, m1 = cpu_seconds(pids), cpu_seconds(aux), cpu_seconds(vm), machine_seconds()
     fig = parse_wrk(out.stdout)
     if fig["rps"] is None:
@@ -184,8 +190,7 @@ def _wrk(
     if aux:  # the fake shed-server relaying for splice-connect: not the proxy's own CPU
         fig["aux_cpu_us_per_req"] = (a1 - a0) * 1e6 / n if n else None
     if n:  # the whole machine's bill per request (bench/README.md, "machine-wide")
-        wrk = (w1.ru_utime - w0.ru_utime) + (w1.ru_stime - w0.ru_stime)
-        fig["wrk_us_per_req"] = wrk * 1e6 / n
+        fig["wrk_us_per_req"] = (w1 - w0) * 1e6 / n
         fig["vm_us_per_req"] = (v1 - v0) * 1e6 / n
         for k in ("softirq", "idle", "steal"):
             fig[f"{k}_us_per_req"] = (m1[k] - m0[k]) * 1e6 / n

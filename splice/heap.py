@@ -27,17 +27,19 @@ import gc
 import time
 from typing import Any, Final
 
-__all__ = ["GcClock", "gc_snapshot", "settle"]
+__all__ = ["CLOCK", "GcClock", "gc_snapshot", "settle"]
 
 #: CPython's generations: 0, 1 and 2 (the full collection)
 GENERATIONS: Final = 3
 
 
 def settle() -> int:
-    """Collect the start-up garbage, freeze the rest; how many objects are now frozen.
+    """Start ``CLOCK``, collect the start-up garbage (timed), freeze the rest; how many
+    objects are now frozen.
 
     Once per process: a second call (a worker told to start again) freezes nothing more.
     """
+    CLOCK.start()
     if not gc.get_freeze_count():
         gc.collect()
         gc.freeze()

@@ -165,9 +165,7 @@ def run(cfg: Config, *, drain: float | None = None, path: str | None = None) -> 
 
 def _settle_heap() -> None:
     """Once the process is set up to serve, before its first connection (``splice.heap``)."""
-    heap.CLOCK.start()
-    frozen = heap.settle()
-    log.debug("start-up heap frozen: %d objects", frozen)
+    log.debug("start-up heap frozen: %d objects", heap.settle())
 
 
 def _grace(server: Server, drain: float | None) -> float:
