@@ -75,12 +75,6 @@ class EgressTlsConn(TlsConn):
         if not self._parse() and len(data) == _PEEK and not self.closed:
             raise ProtocolError("the ClientHello is larger than splice reads")
 
-    @classmethod
-    def accept(
-        cls, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
-    ) -> EgressTlsConn:
-        return cls(ctx, client, peer, lc)
-
     @property
     def policy(self) -> ForwardPolicy:
         fw = self.ctx.cfg.forward

@@ -25,7 +25,7 @@ from splice.accesslog import Egress
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.io.dial import connect_result, open_connection
 from splice.io.flow import EOF, Flow
-from splice.io.reactor import EDGE_ALL
+from splice.io.reactor import EDGE_ALL, Handler
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName
 from splice.wire.connect_api import parse_connect_response, render_connect_request
@@ -59,7 +59,7 @@ _NOT_OUT: Final = ~select.EPOLLOUT
 _HANGUPS: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
-class Relay:
+class Relay(Handler):
     __slots__ = (
         "active_at",
         "cfd",
@@ -500,7 +500,10 @@ class Relay:
         if found is None:
             self.resolve_then(name)
         else:
-            self.routed(*found)
+            # unpacked by hand: compiled, ``routed(*found)`` is a generic call of the
+            # bound method with a new tuple, this a native one
+            shed, port, ep = found
+            self.routed(shed, port, ep)
 
     def resolve_then(self, name: HostName) -> None:
         """A cache miss: the one place a connection starts a Task, and only on a miss."""
@@ -634,7 +637,7 @@ class Relay:
         self.ctx.untrack(self)
 
 
-class Side:
+class Side(Handler):
     """The reactor's handler for one socket of a tunnel: a read event moves bytes.
 
     Once a connection only relays (a WebSocket after its 101, TLS after the

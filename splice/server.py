@@ -28,10 +28,12 @@ from splice.context import Context, PortsSource
 from splice.heap import gc_snapshot
 from splice.http_conn import HttpConn
 from splice.io.native import NATIVE_ACCEPT, AcceptBatch
+from splice.io.reactor import Handler
 from splice.resolve.base import Resolver
 from splice.resolve.chain import ResolverChain
 from splice.resolve.static import StaticResolver
 from splice.routing.netset import NetSet
+from splice.tls_conn import TlsConn
 
 log: Final = logging.getLogger("splice")
 
@@ -103,7 +105,7 @@ def build_ports(cfg: Config) -> PortsSource | None:
     return DeclaredPorts(cfg.resolver.ports_dir)
 
 
-class Listener:
+class Listener(Handler):
     """A listening socket in the shared epoll, level-triggered."""
 
     def __init__(self, ctx: Context, lc: ListenConfig, factory: Callable[..., Any]) -> None:
@@ -166,7 +168,7 @@ class Listener:
         ctx = self.ctx
         if allow and peer[0] not in allow:
             os.close(cfd)  # denied: closed before a byte is read, no banner
-            ctx.stats["denied"] += 1
+            ctx.metrics.denied += 1
             return
         # the C socket type: the Python wrapper's __init__ and close add frames, no use.
         # With SOCK_NONBLOCK in its type it takes the socket as non-blocking, no ioctl
@@ -206,8 +208,17 @@ class Listener:
             self.sock.close()
 
 
+# Each listener mode's connection class, called by a module function rather than used
+# as the factory itself: compiled, a function's call of the class is a direct call of
+# its native constructor, where calling the class object goes through type.__call__
+# and the __init__ wrapper's argument parsing (bench README, "Native calls on the
+# connection's path"). The egress modes keep the class: not the path measured here.
 def _http(ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig) -> Any:
     return HttpConn(ctx, client, peer, lc)
+
+
+def _tls(ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig) -> Any:
+    return TlsConn(ctx, client, peer, lc)
 
 
 def _factory(mode: str) -> Callable[..., Any]:
@@ -220,10 +231,8 @@ def _factory(mode: str) -> Callable[..., Any]:
     if mode == "egress-tls":
         from splice.egress_tls import EgressTlsConn
 
-        return EgressTlsConn.accept
-    from splice.tls_conn import TlsConn
-
-    return TlsConn.accept
+        return EgressTlsConn
+    return _tls
 
 
 class Server:

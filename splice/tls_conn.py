@@ -46,12 +46,6 @@ class TlsConn(Relay):
         self.stirred = False
         self.start()
 
-    @classmethod
-    def accept(
-        cls, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
-    ) -> TlsConn:
-        return cls(ctx, client, peer, lc)
-
     def client_readable(self) -> None:
         if self.up_flow is not None:
             if self.up_flow.pump(self.cshort) == EOF:

@@ -28,7 +28,7 @@ from splice.metrics import BUCKETS, MAX_SHED_SERIES, Metrics
 
 def sample_metrics(shed_names: list[str], outcome: str = "OK") -> Metrics:
     m = Metrics()
-    m.counts["accepted"] += len(shed_names)
+    m.accepted += len(shed_names)
     for name in shed_names:
         m.closed(name, outcome, 10, 100)
     m.dial.observe(0.0003)
@@ -44,7 +44,7 @@ def test_merge_sums_counts_bytes_histograms_and_resolver_figures() -> None:
     )
     m = merge([a, b])
     assert m["active"] == 4
-    assert m["counts"] == {"accepted": 3, "closed:OK": 2, "closed:CONNECT_FAILED": 1}
+    assert m["counts"] == {"accepted": 3, "denied": 0, "closed:OK": 2, "closed:CONNECT_FAILED": 1}
     assert (m["bytes_up"], m["bytes_down"]) == (30, 300)
     assert m["shed_conns"] == {"alpha": 2, "beta": 1}
     pairs = zip(a["dial"]["counts"], b["dial"]["counts"], strict=True)

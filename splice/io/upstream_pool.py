@@ -17,13 +17,13 @@ import socket
 from collections.abc import Hashable
 from typing import Any, Final
 
-from splice.io.reactor import Reactor
+from splice.io.reactor import Handler, Reactor
 
 #: any event but "writable" ends an idle connection
 _NOT_OUT: Final = ~select.EPOLLOUT
 
 
-class UpstreamPool:
+class UpstreamPool(Handler):
     def __init__(self, reactor: Reactor, per_key: int, idle_timeout: float) -> None:
         self.reactor = reactor
         #: idle connections kept per key (shed, port, address, dial mode); 0: no pooling

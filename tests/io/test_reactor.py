@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 import pytest
 import uvloop
 
-from splice.io.reactor import EDGE_ALL, HOLD_MIN, Reactor
+from splice.io.reactor import EDGE_ALL, HOLD_MIN, Handler, Reactor
 
 #: a bounded wait for events that should (or should not) come
 SETTLE = 0.05
 
 
-class Recorder:
+class Recorder(Handler):
     def __init__(self) -> None:
         self.events: list[int] = []
 
@@ -154,7 +154,7 @@ def test_forgetting_an_fd_forgets_it_was_armed(
 # -- holding the wait under load ----------------------------------------------------
 
 
-class Ring:
+class Ring(Handler):
     """``lanes`` tokens, each bouncing between two socketpairs of its own, one reactor
     event per hop: every batch holds ``lanes`` events (tokens never merge), until
     ``cap`` events or ``stop``."""
