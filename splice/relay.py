@@ -25,7 +25,7 @@ from splice.accesslog import Egress
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.io.dial import connect_result, open_connection
 from splice.io.flow import EOF, Flow
-from splice.io.reactor import EDGE_ALL, Handler
+from splice.io.reactor import EDGE_ALL, NOT_OUT, OUT, Handler
 from splice.resolve.base import Endpoint
 from splice.routing.names import HostName
 from splice.wire.connect_api import parse_connect_response, render_connect_request
@@ -53,8 +53,6 @@ Key = tuple[str, int, str | None, str]
 Run = tuple[str, str, int, Egress | None]
 
 _IN: Final = select.EPOLLIN
-_OUT: Final = select.EPOLLOUT
-_NOT_OUT: Final = ~select.EPOLLOUT
 #: events after which a short read does not prove a socket drained: read to EOF
 _HANGUPS: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
@@ -192,9 +190,9 @@ class Relay(Handler):
     def on_event(self, fd: int, events: int) -> None:
         try:
             if fd == self.cfd:
-                if events & _OUT and self.down is not None and not self.down.idle:
+                if events & OUT and self.down is not None and not self.down.idle:
                     self.down_writable()
-                if events & _NOT_OUT and not self.closed:
+                if events & NOT_OUT and not self.closed:
                     self.cshort = not events & _HANGUPS
                     self.client_readable()
                     self.cshort = False
@@ -202,9 +200,9 @@ class Relay(Handler):
                 if self.connecting:
                     self.on_connected(events)
                     return
-                if events & _OUT and self.up_flow is not None and not self.up_flow.idle:
+                if events & OUT and self.up_flow is not None and not self.up_flow.idle:
                     self.up_writable()
-                if events & _NOT_OUT and not self.closed:
+                if events & NOT_OUT and not self.closed:
                     self.ushort = not events & _HANGUPS
                     self.upstream_readable()
                     self.ushort = False
@@ -660,7 +658,7 @@ class Side(Handler):
 
     def on_event(self, fd: int, events: int) -> None:
         # ``idle`` also takes in what a stopped fast-path route left: bytes dst refused
-        if events & _HANGUPS or (events & _OUT and not self.back.idle):
+        if events & _HANGUPS or (events & OUT and not self.back.idle):
             self.conn.on_event(fd, events)
         elif events & _IN:
             try:

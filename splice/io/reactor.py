@@ -56,9 +56,11 @@ EDGE_IN: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _fast_poll: Final = None if FAST is None else FAST.poll
 _untunnel: Final = None if FAST is None else FAST.untunnel
 #: writability
-_OUT: Final = select.EPOLLOUT
+OUT: Final = select.EPOLLOUT
+#: every event but writability: the ones a handler reads on
+NOT_OUT: Final = ~select.EPOLLOUT
 #: and writability: a connect in progress, or a socket that refused a write
-EDGE_ALL: Final = EDGE_IN | _OUT
+EDGE_ALL: Final = EDGE_IN | OUT
 #: events taken per wake-up; more stay queued and the loop calls again at once
 BATCH: Final = 512
 #: a batch this big means load: hold the wait. Smaller batches go back to uvloop at
@@ -125,10 +127,10 @@ class Reactor:
         return self.loop.create_task(coro)
 
     def register(self, fd: int, handler: Handler, events: int = EDGE_IN) -> None:
-        if events & _OUT:  # compiled, a Final is a C global; select.EPOLLOUT a dict lookup
+        if events & OUT:  # compiled, a Final is a C global; select.EPOLLOUT a dict lookup
             self.armed.add(fd)
         elif fd in self.armed:  # armed before it was registered
-            events |= _OUT
+            events |= OUT
         self._epoll.register(fd, events)
         self.handlers[fd] = handler
 

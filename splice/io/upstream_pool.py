@@ -12,15 +12,11 @@ Node.js and uvicorn) would race a reuse.
 
 from __future__ import annotations
 
-import select
 import socket
 from collections.abc import Hashable
-from typing import Any, Final
+from typing import Any
 
-from splice.io.reactor import Handler, Reactor
-
-#: any event but "writable" ends an idle connection
-_NOT_OUT: Final = ~select.EPOLLOUT
+from splice.io.reactor import NOT_OUT, Handler, Reactor
 
 
 class UpstreamPool(Handler):
@@ -85,7 +81,7 @@ class UpstreamPool(Handler):
         return True
 
     def on_event(self, fd: int, events: int) -> None:
-        if events & _NOT_OUT:
+        if events & NOT_OUT:  # any event but "writable" ends an idle connection
             self._evict(fd)
 
     def abort(self) -> None:
