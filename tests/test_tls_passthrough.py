@@ -8,6 +8,7 @@ the VM's own certificate (a trustme CA made here) through it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
@@ -155,6 +156,27 @@ def alert_of(data: bytes) -> int:
     assert len(data) == 7, data
     assert data[0] == ALERT and data[5] == FATAL, data
     return data[6]
+
+
+#: a loopback source address per traced client: none is shared within the module
+_SOURCES = itertools.count(101)
+
+
+def own_client(port: int) -> socket.socket:
+    """A client connected to ``port`` from a loopback address no other connection here
+    uses, so its access line is known by address: a line is flushed up to 0.25 s after
+    its connection ends, and an earlier test's client may have had the same port."""
+    sock = socket.socket()
+    sock.settimeout(IO_TIMEOUT)
+    sock.bind((f"127.0.0.{next(_SOURCES)}", 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def access_of(sock: socket.socket) -> str:
+    """What the access line of ``sock``'s connection starts with."""
+    host, port = sock.getsockname()
+    return f"access {host}:{port} "
 
 
 def run_tool(args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -437,13 +459,12 @@ def test_a_client_that_stalls_mid_hello_gets_an_alert_after_the_head_timeout(net
 
 def test_a_client_that_closes_mid_hello_is_forgotten_quietly(net: Net) -> None:
     hello = client_hello(net.certs.client_context(), f"alpha.{DOMAIN}")
-    mark = net.splice.mark()
-    with socket.create_connection(("127.0.0.1", net.tls), timeout=IO_TIMEOUT) as sock:
-        client_port = sock.getsockname()[1]
+    with own_client(net.tls) as sock:
+        who = access_of(sock)
         sock.sendall(hello[:50])
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_eof(sock) == b""
-    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
+    line = net.splice.wait_line(who)
     assert line.endswith(" CLIENT_CLOSED")
     assert not net.vm.seen
 
@@ -473,9 +494,8 @@ def test_a_ping_pong_tunnel_is_counted_to_the_byte_on_its_access_line(net: Net) 
     moves them without Python (splice/io/_copy.c); every byte is still counted."""
     hello = client_hello(net.certs.client_context(), f"echo.{DOMAIN}")
     messages = [os.urandom(1 + i % 700) for i in range(400)]
-    mark = net.splice.mark()
-    with socket.create_connection(("127.0.0.1", net.tls), timeout=IO_TIMEOUT) as sock:
-        client_port = sock.getsockname()[1]
+    with own_client(net.tls) as sock:
+        who = access_of(sock)
         sock.sendall(hello)
         assert recv_exactly(sock, len(hello)) == hello
         for m in messages:
@@ -484,7 +504,7 @@ def test_a_ping_pong_tunnel_is_counted_to_the_byte_on_its_access_line(net: Net) 
         sock.shutdown(socket.SHUT_WR)
         assert recv_until_eof(sock) == b""
     n = len(hello) + sum(map(len, messages))
-    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
+    line = net.splice.wait_line(who)
     assert f" up={n} down={n} " in line and line.endswith(" OK")
 
 
@@ -533,14 +553,13 @@ def test_concurrent_clients_each_reach_the_vm_their_own_sni_names(net: Net) -> N
 
 def test_the_access_log_names_the_client_host_shed_and_port(net: Net) -> None:
     name = f"alpha.{DOMAIN}"
-    mark = net.splice.mark()
-    with socket.socket() as raw:
-        raw.connect(("127.0.0.1", net.tls))
-        client_port = raw.getsockname()[1]
+    with own_client(net.tls) as raw:
+        who = access_of(raw)
         with net.certs.client_context().wrap_socket(raw, server_hostname=name) as tls:
             tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            recv_until_eof(tls)
-    line = net.splice.wait_line(f"access 127.0.0.1:{client_port} ", since=mark)
+            body = recv_until_eof(tls)
+    assert body.endswith(f"sni={name} port={net.vm.port}\n".encode())
+    line = net.splice.wait_line(who)
     assert f" host={name} shed=alpha port={net.vm.port} " in line
     assert line.endswith(" OK")
 

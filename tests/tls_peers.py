@@ -510,20 +510,11 @@ class Splice:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def mark(self) -> int:
-        """How many lines were logged so far: pass it to ``wait_line(since=)``."""
-        return len(self.lines)
-
-    def wait_line(self, needle: str, timeout: float = WAIT, since: int = 0) -> str:
-        """The first stderr line from ``since`` on containing ``needle``.
-
-        Access lines flush every 0.25 s. Tests that name a client by its ephemeral
-        port pass ``since=mark()`` taken before connecting: the kernel reuses ports,
-        so an earlier test's line may carry the same one.
-        """
+    def wait_line(self, needle: str, timeout: float = WAIT) -> str:
+        """The first stderr line containing ``needle`` (access lines flush every 0.25 s)."""
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.lines[since:]:
+            for line in self.lines:
                 if needle in line:
                     return line
             if time.monotonic() > deadline:
