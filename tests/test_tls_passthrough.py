@@ -167,9 +167,13 @@ def own_client(port: int) -> socket.socket:
     uses, so its access line is known by address: a line is flushed up to 0.25 s after
     its connection ends, and an earlier test's client may have had the same port."""
     sock = socket.socket()
-    sock.settimeout(IO_TIMEOUT)
-    sock.bind((f"127.0.0.{next(_SOURCES)}", 0))
-    sock.connect(("127.0.0.1", port))
+    try:
+        sock.settimeout(IO_TIMEOUT)
+        sock.bind((f"127.0.0.{next(_SOURCES)}", 0))
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
