@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import time
 from asyncio import AbstractEventLoop
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -74,6 +75,9 @@ class Context:
         self.connect_deadlines: Deadlines[Any] = Deadlines(cfg.connect_timeout, _connect_expired)
         self.linger_deadlines: Deadlines[Any] = Deadlines(LINGER_TIMEOUT, _linger_expired)
         self.retire_deadlines: Deadlines[Any] = Deadlines(cfg.retire_timeout, _retire_expired)
+        #: set while the server's sweep sleeps (nothing tracked): the next ``track``
+        #: calls it once to restart the sweep
+        self.wake: Callable[[], None] | None = None
         self.apply(cfg, chain, ports)
 
     def apply(self, cfg: Config, chain: ResolverChain, ports: PortsSource | None) -> None:
@@ -142,6 +146,10 @@ class Context:
     def track(self, conn: Any) -> None:
         self.conns.add(conn)
         self.metrics.accepted += 1
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            wake()
 
     def untrack(self, conn: Relay) -> None:
         # typed, not Any: compiled, each of the attributes below is a native read, where

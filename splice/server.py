@@ -48,7 +48,8 @@ ACCEPT_BATCH: Final = 4
 ACCEPT_BACKOFF: Final = 0.1
 #: at most one "out of fds" log line per this many seconds
 LOG_EVERY: Final = 10.0
-#: deadline checks run this often; timeouts are accurate to about this much
+#: deadline checks run this often while a connection is open; timeouts are accurate
+#: to about this much. With none open the sweep sleeps (``Server._sweep``)
 SWEEP_EVERY: Final = 0.05
 #: idle connections are looked for this often
 IDLE_SWEEP_EVERY: Final = 1.0
@@ -289,9 +290,28 @@ class Server:
         if now >= self._next_idle:
             ctx.sweep_idle(now)
             self._next_idle = now + IDLE_SWEEP_EVERY
-        if ctx.access is not None and now >= self._next_flush:
+        if ctx.conns or ctx.handed:
+            if ctx.access is not None and now >= self._next_flush:
+                ctx.access.flush()
+                self._next_flush = now + FLUSH_EVERY
+            self._tick = ctx.loop.call_later(SWEEP_EVERY, self._sweep)
+            return
+        # Quiet: no connection, so no deadline (each belongs to a tracked connection).
+        # Log what is pending and sleep until the next connection (``Context.track``
+        # calls ``_wake``), or until the idle sweep if VM connections are parked: an
+        # idle process does not wake 20 times a second beside the VMs of its host
+        if ctx.access is not None:
             ctx.access.flush()
-            self._next_flush = now + FLUSH_EVERY
+        ctx.wake = self._wake
+        parked = len(ctx.upstreams) > 0
+        self._tick = ctx.loop.call_at(self._next_idle, self._sweep) if parked else None
+
+    def _wake(self) -> None:
+        """The first connection after a quiet spell: deadlines are checked again."""
+        ctx = self.ctx
+        assert ctx is not None
+        if self._tick is not None:
+            self._tick.cancel()
         self._tick = ctx.loop.call_later(SWEEP_EVERY, self._sweep)
 
     def close_listeners(self) -> None:
@@ -353,6 +373,7 @@ class Server:
             await asyncio.gather(*ctx.handed, return_exceptions=True)
         if ctx.store is not None:
             ctx.store.close()
+        ctx.wake = None
         if self._tick is not None:
             self._tick.cancel()
         if ctx.access is not None:

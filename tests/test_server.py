@@ -509,6 +509,47 @@ def test_a_later_head_on_a_kept_connection_has_its_own_head_timeout(
     assert 0.4 <= elapsed < 1.5, elapsed
 
 
+def _waits(pid: int) -> int:
+    """The waits of ``pid`` that ended so far: its threads' voluntary context switches."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            total += sum(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt"))
+    return total
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["nothing kept", "a VM connection parked"])
+def test_a_quiet_splice_sleeps_and_the_next_connection_wakes_its_deadlines(
+    make_world: MakeWorld, pooled: bool
+) -> None:
+    """With no connection open nothing is due, so an idle splice does not wake (it
+    ticked 20 times a second; a shed host runs it beside busy VMs), or once a second
+    while a VM connection is parked, which is still closed after its timeout. Its last
+    access line is written before it sleeps, and the first connection after the
+    quiet spell has its head timeout."""
+    w = make_world(
+        workers=1, head_timeout=0.5, upstream_keepalive=4 if pooled else 0,
+        upstream_keepalive_timeout=1.0,
+    )  # fmt: skip
+    with w.splice.client() as c:  # a client that closes: its VM connection may be parked
+        c.send(get(ALPHA, extra="Connection: close\r\n"))
+        assert c.read_response().status == 200
+    w.splice.wait_access(1)
+    time.sleep(0.2)  # the sweep finds nothing open
+    assert w.alpha.conns[0].done.is_set() is not pooled
+    before = _waits(w.splice.pid)
+    time.sleep(1.5)
+    assert _waits(w.splice.pid) - before <= (3 if pooled else 1)
+    w.alpha.wait_done(0, timeout=1.5)
+    with w.splice.client() as c:
+        t0 = time.monotonic()
+        c.send(REQ_PARTIAL_HEAD)
+        resp = c.read_response()
+        elapsed = time.monotonic() - t0
+    assert_shed_error(resp, 408, "HEAD_TIMEOUT")
+    assert 0.4 <= elapsed < 1.5, elapsed
+
+
 def test_a_slow_but_steady_head_within_the_timeout_is_relayed(make_world: MakeWorld) -> None:
     w = make_world(head_timeout=1.0)
     with w.splice.client() as c:
