@@ -59,7 +59,7 @@ class Context:
             self.reactor, cfg.upstream_keepalive, cfg.upstream_keepalive_timeout
         )
         self.access = access
-        self.conns: set[Any] = set()
+        self.conns: set[Relay] = set()
         self.metrics = Metrics()
         #: upstream connections open per shed (for max_connections per shed), only sheds
         #: with one open. A plain dict: compiled, a Counter's items go through its slots
@@ -143,7 +143,7 @@ class Context:
         sc = self.cfg.sheds.get(shed)
         return sc.dial if sc is not None and sc.dial else self.cfg.dial
 
-    def track(self, conn: Any) -> None:
+    def track(self, conn: Relay) -> None:
         self.conns.add(conn)
         self.metrics.accepted += 1
         wake = self.wake
