@@ -123,7 +123,8 @@ class Config:
     drain_timeout: float = DRAIN_TIMEOUT
     #: CIDRs allowed to connect at all (checked before a byte is read); empty: everyone
     allow_clients: tuple[str, ...] = ()
-    #: set X-Forwarded-For/-Proto/-Host (replacing incoming copies from untrusted peers)
+    #: set X-Forwarded-For/-Proto/-Host (replacing incoming copies from untrusted peers,
+    #: with every spelling of the forwarding fields: ``wire/forwarded.py``)
     forwarded_headers: bool = True
     #: also set RFC 7239 ``Forwarded``
     forwarded: bool = False

@@ -6,6 +6,13 @@ is the original destination's. The name and every resolved address pass the
 forward policy; TLS is spliced untouched (no MITM). Refusals are TLS alerts
 (``access_denied``).
 
+Proxy users: a TLS client that does not know it is proxied cannot send credentials.
+So with ``[forward] users`` set, every egress-tls connection is refused (an
+``access_denied`` alert, PROXY_AUTH_REQUIRED in the access line) before its name is
+checked or anything dialled: the rule forward and egress-http apply to a request
+without credentials (407), and, as there, no per-client (``clients``) policy exempts
+a peer from it. Give the transparent TLS listener a config of its own without users.
+
 With the record/replay store on and ``intercept_tls``, the hello is only peeked at
 (``MSG_PEEK``): once the name passes, the socket, the hello still unread in it, goes to
 the store's path (``splice.exchange``), which terminates TLS as that name with the
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 from splice.accesslog import Egress
 from splice.egress.authority import normalise_host
 from splice.errors import ProtocolError, RouteError
-from splice.forward_conn import addresses_now, checked_by, hand_over, pick_address
+from splice.forward_conn import address_checked_by, addresses_now, checked_by, hand_over
 from splice.io.dial import original_destination
 from splice.relay import Key
 from splice.tls_conn import TlsConn
@@ -87,6 +94,13 @@ class EgressTlsConn(TlsConn):
         host = normalise_host(hello.server_name)
         port = self.original[1] if self.original is not None else 443
         self.host, self.shed, self.port = f"{host}:{port}", host, port
+        if self.policy.users:
+            raise RouteError(
+                "Proxy authentication required: a transparent TLS client cannot send credentials.",
+                code="PROXY_AUTH_REQUIRED",
+                shed=host,
+                port=port,
+            )
         checked_by(self, host, port, None)
         store = self.ctx.store
         if self.intercept:
@@ -116,6 +130,6 @@ class EgressTlsConn(TlsConn):
         self.guarded(step)
 
     def _dial_checked(self, host: str, port: int, addrs: tuple[str, ...]) -> None:
-        addr = pick_address(self.policy, host, port, addrs)
+        addr = address_checked_by(self, host, port, addrs, None)
         key: Key = (host, port, addr, "direct")
         self.open_upstream(key)

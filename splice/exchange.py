@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from splice.accesslog import AccessLog
+from splice.config import HEAD_TIMEOUT
+from splice.egress import auth_cache
 from splice.egress.authority import parse_authority
-from splice.egress.passwords import authenticate
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
 from splice.pages import render_error, wants_json
 from splice.store.fetch import Incoming, Upstreams, first_field, read_body
-from splice.store.h11io import READ_SIZE, HttpStream
+from splice.store.h11io import READ_SIZE, HeadTimeout, HttpStream
 from splice.store.keys import normalise_url, split_absolute
 from splice.store.runtime import StoreRuntime
 from splice.store.serve import AddressGate, Client, NameGate, answer
@@ -44,6 +45,8 @@ MAX_REQUESTS = 100_000
 #: a client that cannot finish a TLS handshake in this long is not a build tool
 TLS_HANDSHAKE_TIMEOUT = 10.0
 _CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
+#: Retry-After (s) for the codes that say "try again shortly", as the engine sends it
+_RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1}
 Origin = tuple[str, str, int]
 
 
@@ -93,6 +96,7 @@ async def serve_forward_stream(
     name_gate: NameGate | None = None,
     users: Mapping[str, str] | None = None,
     idle_timeout: float = 600.0,
+    head_timeout: float = HEAD_TIMEOUT,
     connect_timeout: float = 5.0,
     access: AccessLog | None = None,
     mode: str = "forward",
@@ -100,6 +104,8 @@ async def serve_forward_stream(
     """Serve one client connection until it closes, errs or idles out. Never raises.
 
     ``origin``: a transparent listener's (see the module docstring); None for a proxy.
+    ``head_timeout``: each request head must come whole in this long (else 408), as in
+    the engine; ``idle_timeout`` bounds every other wait.
     ``access``, ``mode``: each request gets a ``store`` access line, naming the mode.
     """
     stream = HttpStream(reader, writer, h11.SERVER)
@@ -113,6 +119,7 @@ async def serve_forward_stream(
         name_gate=name_gate,
         users=users or None,
         timeout=idle_timeout,
+        head_timeout=head_timeout,
         connect_timeout=connect_timeout,
         access=access,
         mode=mode,
@@ -144,7 +151,10 @@ async def _fail(cx: Client, err: SpliceError) -> None:
     if not cx.stream.can_respond:
         return
     extra = _CHALLENGE if err.code == "PROXY_AUTH_REQUIRED" else ()
-    cx.stream.writer.write(render_error(err, as_json=wants_json(cx.accept), headers=extra))
+    page = render_error(
+        err, as_json=wants_json(cx.accept), retry_after=_RETRY_AFTER.get(err.code), headers=extra
+    )
+    cx.stream.writer.write(page)
     try:
         await asyncio.wait_for(cx.stream.writer.drain(), cx.timeout)
     except (OSError, TimeoutError):
@@ -153,8 +163,8 @@ async def _fail(cx: Client, err: SpliceError) -> None:
 
 async def _serve_requests(cx: Client, origin: Origin | None) -> None:
     """Requests until the client closes; ``origin`` is a terminated tunnel's (https)."""
-    for _ in range(MAX_REQUESTS):
-        event = await cx.stream.next_event(cx.timeout)
+    for served in range(MAX_REQUESTS):
+        event = await _next_head(cx, first=not served)
         if isinstance(event, h11.ConnectionClosed):
             return
         if not isinstance(event, h11.Request):
@@ -186,6 +196,21 @@ async def _serve_requests(cx: Client, origin: Origin | None) -> None:
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return
         conn.start_next_cycle()
+
+
+async def _next_head(cx: Client, *, first: bool) -> h11.Event | type[h11.PAUSED]:
+    """The next request (or the close); a head not whole in ``head_timeout`` is a 408
+    HEAD_TIMEOUT, as the engine answers it: one byte every few seconds must not keep a
+    connection, and its task, for ever."""
+    t0 = time.monotonic()
+    try:
+        return await cx.stream.next_head(cx.timeout, cx.head_timeout, first=first)
+    except HeadTimeout:
+        if cx.access is not None:
+            ms = (time.monotonic() - t0) * 1000.0
+            cx.access.exchange(cx.client_ip, "", 0, cx.mode, cx.user, "", ms, "HEAD_TIMEOUT")
+        err = ProtocolError("the request head did not arrive in time", code="HEAD_TIMEOUT")
+        raise err from None
 
 
 async def _incoming(cx: Client, req: h11.Request, origin: Origin | None) -> Incoming:
@@ -240,7 +265,13 @@ async def _authenticate(cx: Client, req: h11.Request) -> None:
     value = first_field(req.headers.raw_items(), b"proxy-authorization")
     if value is not None and value == cx.proved:
         return
-    user = await asyncio.to_thread(authenticate, cx.users, value)  # scrypt: ~50 ms of CPU
+    user = None
+    if value is not None:
+        # cached, else scrypt (~50 ms of CPU) in a bounded pool: 503 when it is full
+        known = auth_cache.known(cx.users, value)
+        if known is None:
+            known = await asyncio.shield(auth_cache.verify(cx.users, value))
+        user = known or None
     if user is None:
         raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
     cx.user, cx.proved = user, value
@@ -331,6 +362,6 @@ def policy_gates(ctx: Context, policy: ForwardPolicy) -> tuple[NameGate, Address
         addrs = addresses_now(ctx, policy, host)
         if addrs is None:
             addrs = await ctx.dns.resolve(host)
-        return pick_address(policy, host, port, addrs)
+        return pick_address(policy, host, port, addrs, client_ip=client_ip, user=user)
 
     return name_gate, policy_gate

@@ -6,11 +6,17 @@ that disagrees is ignored, RFC 9112 §3.2.2), rewritten to origin-form without t
 proxy's hop-by-hop fields, and spliced; each request on a keep-alive connection is
 routed on its own. ``CONNECT host:port`` dials, answers 200, and splices both ways.
 ``mode = "egress-http"``: connections REDIRECTed to us; the name is the Host field,
-the port the original destination's.
+the port the original destination's. An absolute-form request (``GET http://host/p``)
+names its host in the URL instead: an origin acts on that authority and ignores Host
+(RFC 9112 §3.2.2), so the URL's host is the one checked, and the request goes on in
+origin-form with a Host naming it (as in forward mode and on the store's path).
 
 Every destination passes the policy twice: the name (globs, ports, per-client lists)
 and then every address it resolves to (no loopback, private, link-local... unless
-``allow_networks``). The socket connects to the very address that was checked.
+``allow_networks``; no address an IP-literal deny pattern names). The socket connects
+to the very address that was checked. Every request is routed on its own, whatever
+``route_each_request`` says: a blind splice after the first request would let the
+next ones past the policy and the proxy authentication.
 """
 
 from __future__ import annotations
@@ -18,15 +24,12 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from cachetools import TTLCache
-
 from splice.accesslog import Egress
+from splice.egress import auth_cache
 from splice.egress.addresses import dialable
 from splice.egress.authority import parse_authority, parse_ip_literal
-from splice.egress.passwords import authenticate
 from splice.errors import ProtocolError, RouteError, SpliceError
 from splice.http_conn import TUNNEL, HttpConn
 from splice.io.dial import original_destination
@@ -50,10 +53,6 @@ _HOP_FIELDS: Final = re.compile(
 )
 _PROXY_AUTH: Final = re.compile(rb"\r\nproxy-authorization[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
 _CHALLENGE: Final[tuple[tuple[str, str], ...]] = (("Proxy-Authenticate", 'Basic realm="splice"'),)
-#: Proxy-Authorization value -> (user or "" for wrong, the users table it was checked
-#: against). Verifying is slow on purpose (scrypt), so each distinct header is verified
-#: once per 5 minutes per config: a reload brings a new table and every entry is stale.
-_VERIFIED: Final[TTLCache[bytes, tuple[str, Mapping[str, str]]]] = TTLCache(maxsize=1024, ttl=300.0)
 
 
 class _Verify(Exception):
@@ -66,6 +65,7 @@ class _Verify(Exception):
 class ForwardConn(HttpConn):
     #: origins are not pooled: each request is checked against the policy and dialled
     POOL_UPSTREAMS = False
+    ALWAYS_ROUTE = True
     __slots__ = ("original", "rule", "tunnel", "user")
 
     def __init__(
@@ -136,12 +136,7 @@ class ForwardConn(HttpConn):
             host, port = parse_authority(head.target, None)
             return host, port, b""
         if self.original is not None or self.lc.mode == "egress-http":
-            if head.host is None:
-                raise ProtocolError("the request names no host")
-            host, port = parse_authority(head.host, 80)
-            if self.original is not None:
-                port = self.original[1]
-            return host, port, self._strip(head.raw)
+            return self._intercepted(head)
         if head.target[:7].lower() != b"http://":
             raise ProtocolError(
                 "a proxy request needs an http:// URL; https goes through CONNECT",
@@ -150,6 +145,36 @@ class ForwardConn(HttpConn):
         assert split is not None
         host, port = parse_authority(split[0], 80)
         return host, port, self._origin_form(head, split[0], split[1])
+
+    def _intercepted(self, head: Head) -> tuple[str, int, bytes]:
+        """egress-http: (host, port, head to send). The host is the absolute-form URL's
+        when the target is one, else the Host field's; the port is where the connection
+        was going (else the URL's or the field's).
+
+        An origin acts on an absolute-form target's authority, not on Host (RFC 9112
+        §3.2.2): checking Host and forwarding the URL as it came would let
+        ``GET http://denied.test/`` with ``Host: allowed.test`` reach the denied name on
+        an allowed address. So, as forward mode and ``exchange._transparent`` do, the
+        URL's host is the destination, and the request goes on in origin-form with a
+        Host naming exactly what was checked (the client's Host is dropped).
+        """
+        target = head.target
+        if target[:1] == b"/" or target == b"*":
+            if head.host is None:
+                raise ProtocolError("the request names no host")
+            host, port = parse_authority(head.host, 80)
+            split = None
+        elif target[:7].lower() == b"http://":
+            split = split_absolute_form(target)
+            assert split is not None
+            host, port = parse_authority(split[0], 80)
+        else:
+            raise ProtocolError("an intercepted http connection carries only http:// requests")
+        if self.original is not None:
+            port = self.original[1]
+        if split is None:
+            return host, port, self._strip(head.raw)
+        return host, port, self._origin_form(head, host_field(host, port), split[1])
 
     @staticmethod
     def _origin_form(head: Head, authority: bytes, path: bytes) -> bytes:
@@ -179,19 +204,18 @@ class ForwardConn(HttpConn):
         m = _PROXY_AUTH.search(head.raw)
         if m is None:
             raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
-        known = _VERIFIED.get(m.group(1))
-        if known is None or known[1] is not users:
+        known = auth_cache.known(users, m.group(1))
+        if known is None:
             raise _Verify(m.group(1))
-        if not known[0]:
+        if not known:
             raise RouteError("Proxy authentication failed.", code="PROXY_AUTH_REQUIRED")
-        return known[0]
+        return known
 
     def _verify(self, header: bytes, head: Head) -> None:
-        users = self.policy.users
-        fut = self.ctx.loop.run_in_executor(None, authenticate, users, header)
+        # bounded: past auth_cache.MAX_PENDING checks this raises 503 (Retry-After: 1)
+        fut = auth_cache.verify(self.policy.users, header)
 
-        def done(f: asyncio.Future[str | None]) -> None:
-            _VERIFIED[header] = (f.result() or "", users)
+        def done(f: asyncio.Future[str | None]) -> None:  # auth_cache.known has the outcome
             if not self.closed:
                 self.guarded(lambda: self._route(head))
                 if not self.closed:
@@ -212,7 +236,7 @@ class ForwardConn(HttpConn):
         self.guarded(step)
 
     def _checked(self, host: str, port: int, addrs: tuple[str, ...], raw: bytes) -> None:
-        addr = pick_address(self.policy, host, port, addrs)
+        addr = address_checked_by(self, host, port, addrs, self.user)
         self.dst = f"{addr}:{port}"
         # a tunnel never shares an upstream with plain requests
         key: Key = (host, port, addr, "direct" if raw else "tunnel")
@@ -258,6 +282,7 @@ def hand_over(conn: Relay, **serve: Any) -> None:
         serve_forward_socket(
             sock, runtime=ctx.store, policy_gate=policy_gate, name_gate=name_gate,
             client_ip=client_ip, idle_timeout=ctx.cfg.idle_timeout,
+            head_timeout=ctx.cfg.head_timeout,
             connect_timeout=fw.connect_timeout, access=ctx.access, mode=conn.lc.mode, **serve,
         )
     )  # fmt: skip
@@ -311,18 +336,75 @@ def addresses_now(ctx: Context, policy: ForwardPolicy, host: str) -> tuple[str, 
     return ctx.dns.cached(host)
 
 
-def pick_address(policy: ForwardPolicy, host: str, port: int, addrs: tuple[str, ...]) -> str:
-    """The first resolved address the policy lets us dial: the one that will be dialled."""
+def host_field(host: str, port: int) -> bytes:
+    """A Host value naming canonical ``host`` and ``port`` (80 left out), IPv6 bracketed."""
+    shown = f"[{host}]" if ":" in host else host
+    return (shown if port == 80 else f"{shown}:{port}").encode("ascii")
+
+
+def address_checked_by(
+    conn: ForwardConn | EgressTlsConn,
+    host: str,
+    port: int,
+    addrs: tuple[str, ...],
+    user: str | None,
+) -> str:
+    """``pick_address`` for a connection; an address deny pattern that refused is the
+    access line's rule, as a name's is."""
+    try:
+        return pick_address(conn.policy, host, port, addrs, client_ip=conn.peer[0], user=user)
+    except Refused as e:
+        conn.rule = e.rule
+        raise
+
+
+def pick_address(
+    policy: ForwardPolicy,
+    host: str,
+    port: int,
+    addrs: tuple[str, ...],
+    *,
+    client_ip: str | None = None,
+    user: str | None = None,
+) -> str:
+    """The first address of ``host`` (resolved, or its ``hosts`` entry) the policy lets
+    us dial: the one that will be dialled.
+
+    Each is checked against the IP-literal deny patterns for ``client_ip`` and ``user``
+    (every deny list when ``client_ip`` is None), so a name is refused where the address
+    it leads to would be; then, unless the admin mapped the name in ``hosts``, against
+    the non-public ranges. A denied address refuses like a denied name.
+
+    Raises:
+        Refused: DESTINATION_DENIED when no address was left but a denied one.
+        RouteError: PRIVATE_ADDRESS when no address was left but non-public ones.
+    """
     static = policy.static_address(host)
-    if static is not None:
-        return str(static)
+    candidates = addrs if static is None else (str(static),)
+    denied: tuple[str, str] | None = None
     refused = ""
-    for addr in addrs:
+    for addr in candidates:
         ip = parse_ip_literal(addr)
-        problem = "unparsable" if ip is None else dialable(ip, policy.allow_networks)
+        if ip is None:
+            refused = f"{addr} (unparsable)"
+            continue
+        deny = policy.denied_address(ip, port, client_ip=client_ip, user=user)
+        if deny is not None:
+            denied = (addr, deny.rule)
+            continue
+        problem = None if static is not None else dialable(ip, policy.allow_networks)
         if problem is None:
             return addr
         refused = f"{addr} ({problem})"
+    if denied is not None:
+        addr, rule = denied
+        raise Refused(
+            rule,
+            f"{host}:{port} is not allowed: it leads to {addr} (rule {rule!r}).",
+            code="DESTINATION_DENIED",
+            host=host,
+            port=port,
+        )
     raise RouteError(
         f"{host} resolves to a non-public address: {refused or 'none'}.",
         code="PRIVATE_ADDRESS",

@@ -72,6 +72,8 @@ R_LENGTH: Final = 2
 R_CHUNKED: Final = 3
 #: bytes read per recv while collecting a head
 _READ: Final = 64 * 1024
+#: methods a request may be sent twice with (RFC 9110 §9.2.2)
+_IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 #: client bytes discarded while lingering after an error page, before we give up
 _LINGER_BYTES: Final = 1 << 20
 
@@ -106,6 +108,7 @@ class HttpConn(Relay):
         "rchunk",
         "replay",
         "req_host",
+        "retire_mark",
         "retiring",
         "reusable",
         "rleft",
@@ -118,6 +121,9 @@ class HttpConn(Relay):
 
     #: requests that close their connection may use pooled keep-alive upstreams
     POOL_UPSTREAMS = True
+    #: route every request whatever ``route_each_request`` says (egress listeners: a
+    #: blind splice after the first request would let the next ones past the policy)
+    ALWAYS_ROUTE = False
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -131,6 +137,8 @@ class HttpConn(Relay):
         #: (raw head, key, endpoint) waiting for the upstream to open or retire
         self.next: tuple[bytes, Key, Endpoint] | None = None
         self.retiring = False
+        #: bytes moved (``activity``) when the retire's current period began
+        self.retire_mark = 0
         self.lingered = 0
         #: request heads read so far on this connection
         self.served = 0
@@ -198,10 +206,14 @@ class HttpConn(Relay):
         self.cdrained = self.cshort and n < _READ
         if not n:
             if self.inbuf and self.state == READ_HEAD:
-                self.outcome = "CLIENT_CLOSED"
-                self.close()
-            else:
-                self.on_client_eof()
+                # a head cut off by the client's FIN can never be answered; an earlier
+                # request's answer may still be on its way: the FIN goes on as usual
+                self.inbuf.clear()
+                if self.up is None:
+                    self.outcome = "CLIENT_CLOSED"
+                    self.close()
+                    return False
+            self.on_client_eof()
             return False
         return True
 
@@ -210,10 +222,13 @@ class HttpConn(Relay):
             if not self.take_proxy_header(self.inbuf):
                 return not self.closed and self._fill()
             self.need_proxy = None
-        if not self.inbuf:
+        inbuf = self.inbuf
+        if inbuf and (inbuf[0] == 13 or inbuf[0] == 10):
+            _skip_empty_lines(inbuf)
+        if not inbuf:
             return self._fill()
         t = _clock()
-        head = parse_head(self.inbuf, self.ctx.cfg.max_head)
+        head = parse_head(inbuf, self.ctx.cfg.max_head)
         if head is None:
             # a later head's clock starts with its first bytes (the first head's ran
             # from the accept). Only a head that did not come whole costs the timer:
@@ -317,7 +332,11 @@ class HttpConn(Relay):
             self.state = RESPONSE
             self.inbuf.clear()
             return
-        if not self.ctx.cfg.route_each_request and self.state == READ_HEAD:
+        if (
+            not self.ctx.cfg.route_each_request
+            and self.state == READ_HEAD
+            and not self.ALWAYS_ROUTE
+        ):
             self.state = TUNNEL
         if self.ctx.draining:
             self.drain()
@@ -454,11 +473,15 @@ class HttpConn(Relay):
         """May this request use (and leave) a pooled keep-alive upstream?
 
         Only a request that closes its connection, so the client -> VM direction has
-        nothing after it; never one that carries a PROXY header (it names one client).
+        nothing after it; never one that carries a PROXY header (it names one client);
+        and only an idempotent one (RFC 9110 §9.2.2): a pooled connection the VM closed
+        meanwhile is found out by sending, and only such a request may then be sent
+        again (RFC 9112 §9.3.1). Any other gets a connection of its own.
         """
         ctx = self.ctx
         if not (
             head.close
+            and head.method in _IDEMPOTENT
             and head.version == b"1.1"
             and not head.upgrade
             and self.POOL_UPSTREAMS
@@ -523,12 +546,27 @@ class HttpConn(Relay):
         self.retiring = True
         assert self.up_flow is not None
         self.up_flow.finish()
+        self.retire_mark = self.activity()
         self.ctx.retire_deadlines.add(self, self.ctx.loop.time())
 
     def on_retire_timeout(self) -> None:
-        if self.retiring and not self.closed:
-            self.up_done = True
-            self._retired()
+        """A ``retire_timeout`` went by and the old upstream has not closed.
+
+        While its response still moves it gets another period: a long download or a
+        slow reader is not stuck. Once a whole period moved nothing, the VM will not
+        end it; relayed blind, the response may have stopped anywhere, and a next
+        response would land inside it. Nothing more can be answered on this
+        connection: it closes, and the client retries the requests left on a new one.
+        """
+        if not self.retiring or self.closed:
+            return
+        moved = self.activity()
+        if moved != self.retire_mark:
+            self.retire_mark = moved
+            self.ctx.retire_deadlines.add(self, self.ctx.loop.time())
+            return
+        self.outcome = "RETIRE_TIMEOUT"
+        self.close()
 
     def _retired(self) -> None:
         """The old upstream is done and its bytes reached the client: move on."""
@@ -826,9 +864,17 @@ class HttpConn(Relay):
         if self.closed or self.state == CLOSING or self.pending_error is not None:
             return
         self.outcome = err.code
-        if self.up is not None and self.state in (ROUTING, READ_HEAD) and not self.connecting:
+        if (
+            self.up is not None
+            and self.state in (ROUTING, READ_HEAD, BODY, CHUNKED)
+            and not self.connecting
+            and self.handshake is None
+        ):
             # earlier requests may still be answered on the open upstream: let those
-            # answers reach the client first (a retire), then send the page
+            # answers reach the client first (a retire), then send the page. A body
+            # that broke its framing stops where it broke; the VM sees its end there.
+            # An upstream still connecting, or still in its Connect API handshake, has
+            # been sent no request: it owes no answer
             self.pending_error = (err, headers)
             self.state = ROUTING
             if not self.retiring:
@@ -880,3 +926,10 @@ class HttpConn(Relay):
 
     def on_linger_timeout(self) -> None:
         self.close()
+
+
+def _skip_empty_lines(buf: bytearray) -> None:
+    """Drop the empty lines (CRLF or LF) that start ``buf``: RFC 9112 §2.2 has a server
+    ignore them before a request line (a client's CRLF after a body it framed itself)."""
+    while buf[:2] == b"\r\n" or buf[:1] == b"\n":
+        del buf[: 2 if buf[0] == 13 else 1]

@@ -159,6 +159,8 @@ class Gateway:
         self.runtime = StoreRuntime.open(parse_store_section(section), trust_bundle=trust_bundle)
         self.dials: list[tuple[str, int]] = []
         self.users: dict[str, str] | None = None
+        #: each request head must come whole in this long (408 HEAD_TIMEOUT)
+        self.head_timeout = 10.0
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -200,6 +202,7 @@ class Gateway:
             client_ip=client_ip,
             users=self.users,
             idle_timeout=WAIT,
+            head_timeout=self.head_timeout,
         )
 
     def name_gate(self, host: str, port: int, client_ip: str, user: str | None) -> None:

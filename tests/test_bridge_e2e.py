@@ -158,8 +158,10 @@ def start_fake(topo: Topology, *status: str) -> subprocess.Popen[bytes]:
 
 def start_splice(topo: Topology, tmp: Path, port: int, dial: str) -> subprocess.Popen[bytes]:
     cfg = tmp / f"splice-{port}.toml"
+    # a retire (waiting for an upstream's earlier answers) longer than curl's -m 10: an
+    # error must never wait on one where no answer is owed (the Connect API's refusal)
     cfg.write_text(
-        "workers = 1\n"
+        "workers = 1\nretire_timeout = 30\n"
         f'domains = ["{BASE}"]\n'
         f'[[listen]]\naddress = "127.0.0.1:{port}"\n'
         f'[dial]\nmode = "{dial}"\n'

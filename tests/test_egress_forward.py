@@ -438,6 +438,57 @@ def test_a_changed_password_stops_working_once_the_config_is_reloaded(gw: Gatewa
         gw.auth.reload(gw.auth_cfg)
 
 
+def test_a_flood_of_bogus_credentials_queues_no_scrypt_in_front_of_a_real_login(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    """150 requests with made-up credentials once lined up 150 scrypt checks (~50 ms of
+    CPU each) ahead of a real user's login, which waited seconds. Now the checks in
+    flight are bounded: the flood is mostly refused at once (503 TOO_MANY_CONNECTIONS,
+    Retry-After: 1), a user proved before is answered from the cache, and a new login is
+    answered at once too (let through, or told to retry), then let through."""
+    cfg = json.loads(json.dumps(gw.auth_cfg))
+    cfg["listen"] = _listen("forward")
+    splice = EgressSplice(cfg, tmp_path, name="flood")
+    authority = f"a.test:{gw.a.port}"
+
+    def request(scheme: str, credentials: str) -> bytes:
+        token = base64.b64encode(credentials.encode()).decode()
+        return (
+            f"GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n"
+            f"Proxy-Authorization: {scheme} {token}\r\n\r\n"
+        ).encode()
+
+    def timed(data: bytes) -> tuple[Response, float]:
+        t0 = time.monotonic()
+        return ask(splice.port, data), time.monotonic() - t0
+
+    proved, fresh = request("Basic", f"alice:{PASSWORD}"), request("basic", f"alice:{PASSWORD}")
+    try:
+        assert ask(splice.port, proved).status == 200
+        flood = [RawClient(splice.port) for _ in range(150)]
+        try:
+            for i, c in enumerate(flood):
+                c.send(request("Basic", f"mallory:{i}"))
+            cached, cached_s = timed(proved)
+            new, new_s = timed(fresh)
+            answers = [c.read_response() for c in flood]
+        finally:
+            for c in flood:
+                c.close()
+        assert cached.status == 200 and cached_s < 2.0, cached_s
+        assert new.status in (200, 503) and new_s < 2.0, (new.status, new_s)
+        refused = [a for a in answers if a.status == 503]
+        assert len(refused) >= len(flood) // 2, [a.status for a in answers]
+        for r in [*refused, new] if new.status == 503 else refused:
+            assert_shed_error(r, 503, "TOO_MANY_CONNECTIONS")
+            assert r.header("retry-after") == "1"
+        assert {a.status for a in answers} <= {407, 503}
+        assert ask(splice.port, fresh).status == 200  # the flood is over: let through
+    finally:
+        splice.stop()
+    assert not splice.problems(), splice.stderr
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -580,16 +631,22 @@ def test_64_mib_go_both_ways_through_the_proxy_intact(gw: Gateway) -> None:
     [
         pytest.param("strict", "elsewhere.test", id="DESTINATION_DENIED-not-allowed"),
         pytest.param("strict", "bad.allowed.test", id="DESTINATION_DENIED-denied"),
-        pytest.param("auth", "a.test", id="PORT_DENIED"),
+        pytest.param("auth", "a.test", id="PROXY_AUTH_REQUIRED-users"),
         pytest.param("open", "localhost", id="PRIVATE_ADDRESS"),
     ],
 )
 def test_egress_tls_refusals_are_access_denied_alerts(gw: Gateway, which: str, sni: str) -> None:
-    splice: EgressSplice = getattr(gw, which)
+    refused_by_alert(gw, getattr(gw, which), sni)
+
+
+def refused_by_alert(gw: Gateway, splice: EgressSplice, sni: str) -> str:
+    """A hello for ``sni`` to ``splice``'s egress-tls listener gets an access_denied
+    alert; the access line it leaves."""
     ctx = gw.certs.client_context(check_hostname=False)
     ctx.verify_mode = ssl.CERT_NONE
     err = handshake_error(ctx, splice.ports[1], sni)
     assert "ACCESS_DENIED" in (err.reason or ""), err
+    return splice.wait_line(f"host={sni}:443 ")
 
 
 def test_curl_reports_the_egress_tls_refusal_as_an_access_denied_alert(gw: Gateway) -> None:
@@ -598,3 +655,214 @@ def test_curl_reports_the_egress_tls_refusal_as_an_access_denied_alert(gw: Gatew
              f"https://elsewhere.test:{port}/")  # fmt: skip
     assert r.returncode == 35, r.stderr  # CURLE_SSL_CONNECT_ERROR
     assert "access denied" in r.stderr.lower()
+
+
+# -- audit regressions: egress-http absolute form, route_each_request, users, address denies --
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+#: a Proxy-Authorization field for alice, as curl would send it
+ALICE = f"Proxy-Authorization: Basic {_basic('alice', PASSWORD)}\r\n"
+
+
+@pytest.fixture(scope="module")
+def transparent(gw: Gateway) -> Iterator[EgressSplice]:
+    """egress-http and egress-tls, not REDIRECTed (the port is the Host's / URL's, 443
+    for TLS): only a.test may be reached, b.test maps to the same address (one CDN
+    address serving both names)."""
+    splice = EgressSplice(
+        {
+            "listen": _listen("egress-http", "egress-tls"),
+            "forward": {
+                "allow": ["a.test"],
+                "ports": [gw.a.port],  # not 443: egress-tls to a.test is PORT_DENIED
+                "hosts": {"a.test": LOOP, "b.test": LOOP},
+            },
+        },
+        gw.tmp,
+        name="transparent",
+    )
+    yield splice
+    status = splice.stop()
+    assert status == 0 and not splice.problems(), splice.stderr
+
+
+def test_egress_http_checks_an_absolute_form_url_not_the_host_field(
+    gw: Gateway, transparent: EgressSplice
+) -> None:
+    """The origin acts on the URL's authority (RFC 9112 §3.2.2): a denied name in the
+    URL must not get through on an allowed Host field, to the address both share."""
+    gw.a.sync()
+    before = gw.a.accepted
+    request = (
+        f"GET http://b.test:{gw.a.port}/secret HTTP/1.1\r\nHost: a.test:{gw.a.port}\r\n\r\n"
+    ).encode()
+    assert_refused(ask(transparent.port, request), 403, "DESTINATION_DENIED", "b.test")
+    gw.a.sync()
+    assert gw.a.accepted == before, "the denied vhost was reached"
+    line = transparent.wait_line(f"host=b.test:{gw.a.port} ")
+    assert line.endswith(" mode=egress-http user=- dst=- rule=default DESTINATION_DENIED"), line
+
+
+def test_egress_http_sends_an_absolute_form_request_on_in_origin_form_naming_its_url(
+    gw: Gateway, transparent: EgressSplice
+) -> None:
+    gw.a.sync()
+    before = gw.a.accepted
+    request = (
+        f"GET http://A.test:{gw.a.port}/page?q=1 HTTP/1.1\r\nHost: elsewhere.test\r\n"
+        "User-Agent: raw\r\nConnection: close\r\n\r\n"
+    ).encode()
+    r = ask(transparent.port, request)
+    assert r.status == 200
+    assert (r.json()["name"], r.json()["target"]) == ("vm-a", "/page?q=1")
+    assert_origin_form(
+        bytes(gw.a.wait_done(before).received),
+        "GET /page?q=1 HTTP/1.1",
+        f"a.test:{gw.a.port}",
+        [("user-agent", "raw"), ("connection", "close")],
+    )
+
+
+def test_egress_http_refuses_an_https_url_as_a_bad_request(
+    gw: Gateway, transparent: EgressSplice
+) -> None:
+    gw.a.sync()
+    before = gw.a.accepted
+    authority = f"a.test:{gw.a.port}"
+    request = f"GET https://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
+    assert_shed_error(ask(transparent.port, request), 400, "BAD_REQUEST")
+    gw.a.sync()
+    assert gw.a.accepted == before
+
+
+@pytest.fixture(scope="module")
+def blind(gw: Gateway) -> Iterator[EgressSplice]:
+    """``route_each_request = false`` (the benchmark knob) with users and an allow list."""
+    splice = EgressSplice(
+        {
+            "route_each_request": False,
+            "listen": _listen("forward", "egress-http"),
+            "forward": {
+                "allow": ["a.test"],
+                "ports": [gw.a.port, gw.b.port],
+                "hosts": {"a.test": LOOP, "b.test": LOOP},
+                "users": gw.auth_cfg["forward"]["users"],
+            },
+        },
+        gw.tmp,
+        name="blind",
+    )
+    yield splice
+    status = splice.stop()
+    assert status == 0 and not splice.problems(), splice.stderr
+
+
+def _request(mode: str, authority: str, path: str, *fields: str) -> bytes:
+    """A GET as a proxy client (absolute form) or an intercepted one (origin form) sends it."""
+    target = f"http://{authority}{path}" if mode == "forward" else path
+    return f"GET {target} HTTP/1.1\r\nHost: {authority}\r\n{''.join(fields)}\r\n".encode()
+
+
+@pytest.mark.parametrize("mode", ["forward", "egress-http"])
+def test_route_each_request_off_still_routes_every_egress_request(
+    gw: Gateway, blind: EgressSplice, mode: str
+) -> None:
+    """After the first request nothing may go blind: the second one is stripped of the
+    proxy's fields like the first, the third (no credentials) gets 407, and on a new
+    connection a denied name after an allowed one is refused, not spliced to vm-a."""
+    port = blind.ports[0 if mode == "forward" else 1]
+    a, b = f"a.test:{gw.a.port}", f"b.test:{gw.b.port}"
+    gw.a.sync()
+    before = gw.a.accepted
+    with RawClient(port) as c:
+        c.send(_request(mode, a, "/one", ALICE))
+        assert c.read_response().json()["target"] == "/one"
+        c.send(_request(mode, a, "/two", ALICE, "Accept: */*\r\n"))
+        echo = c.read_response().json()
+        assert echo["target"] == "/two"
+        assert "proxy-authorization" not in {n for n, _ in fields_of(echo)}
+        c.send(_request(mode, a, "/three"))
+        r = c.read_response()
+    assert_shed_error(r, 407, "PROXY_AUTH_REQUIRED")
+    gw.b.sync()
+    before_b = gw.b.accepted
+    with RawClient(port) as c:
+        c.send(_request(mode, a, "/four", ALICE))
+        assert c.read_response().json()["target"] == "/four"
+        c.send(_request(mode, b, "/five", ALICE))
+        r = c.read_response()
+    assert_refused(r, 403, "DESTINATION_DENIED", "b.test")
+    gw.a.sync()
+    gw.b.sync()
+    assert (gw.a.accepted - before, gw.b.accepted - before_b) == (2, 0)
+
+
+def test_egress_tls_refuses_every_client_when_proxy_users_are_required(gw: Gateway) -> None:
+    """A transparent TLS client cannot send credentials: with users it is refused (an
+    access_denied alert, PROXY_AUTH_REQUIRED logged) before any name check or dial,
+    as forward mode answers a request without credentials 407."""
+    line = refused_by_alert(gw, gw.auth, "secure.test")
+    assert line.endswith(" mode=egress-tls user=- dst=- rule=- PROXY_AUTH_REQUIRED"), line
+
+
+def test_egress_tls_port_denied_is_an_access_denied_alert(
+    gw: Gateway, transparent: EgressSplice
+) -> None:
+    line = refused_by_alert(gw, transparent, "a.test")
+    assert line.endswith(" mode=egress-tls user=- dst=- rule=ports PORT_DENIED"), line
+
+
+@pytest.fixture(scope="module")
+def deny_ip(gw: Gateway) -> Iterator[EgressSplice]:
+    """Loopback is opened by ``allow_networks``; 127.0.0.1 is denied on vm-b's port and
+    on 443 by IP-literal patterns, so vm-a's port stays a reachable control."""
+    splice = EgressSplice(
+        {
+            "listen": _listen("forward", "egress-tls"),
+            "forward": {
+                "deny": [f"{LOOP}:{gw.b.port}", f"{LOOP}:443"],
+                "ports": [443, gw.a.port, gw.b.port],
+                "allow_networks": ["127.0.0.0/8"],
+                "hosts": {"mapped.test": LOOP},
+            },
+        },
+        gw.tmp,
+        name="deny-ip",
+    )
+    yield splice
+    status = splice.stop()
+    assert status == 0 and not splice.problems(), splice.stderr
+
+
+@pytest.mark.parametrize("name", ["localhost", "mapped.test"])
+def test_a_name_leading_to_a_denied_address_is_refused_like_the_address(
+    gw: Gateway, deny_ip: EgressSplice, name: str
+) -> None:
+    """``localhost`` resolves to 127.0.0.1, ``mapped.test`` is a ``hosts`` entry for it:
+    both are refused where ``127.0.0.1`` itself is, with the same code and rule."""
+    proxy = f"http://{LOOP}:{deny_ip.port}"
+    r = curl("-x", proxy, f"http://{name}:{gw.a.port}/control")
+    assert (r.status, json.loads(r.body)["name"]) == (200, "vm-a")
+    gw.b.sync()
+    before = gw.b.accepted
+    rule = f"{LOOP}:{gw.b.port}"
+    for url in (f"http://{LOOP}:{gw.b.port}/", f"http://{name}:{gw.b.port}/"):
+        r = curl("-x", proxy, url)
+        assert r.status == 403, (url, r.status)
+        assert r.header("x-shed-error") == "DESTINATION_DENIED"
+        assert f"rule '{rule}'" in error_text(r.body)
+    line = deny_ip.wait_line(f"host={name}:{gw.b.port} ")
+    assert line.endswith(f" mode=forward user=- dst=- rule={rule} DESTINATION_DENIED"), line
+    gw.b.sync()
+    assert gw.b.accepted == before, "a denied address was dialled"
+
+
+def test_egress_tls_refuses_a_name_mapped_to_a_denied_address(
+    gw: Gateway, deny_ip: EgressSplice
+) -> None:
+    line = refused_by_alert(gw, deny_ip, "mapped.test")
+    assert line.endswith(f" mode=egress-tls user=- dst=- rule={LOOP}:443 DESTINATION_DENIED")

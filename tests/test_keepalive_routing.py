@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,9 +22,11 @@ import pytest
 from conftest import MakeApp, StartSplice
 from upstreams import (
     DOMAIN,
+    ConnRecord,
     EchoApp,
     RawClient,
     SpliceProcess,
+    Upstream,
     WsClient,
     as_forwarded,
     assert_shed_error,
@@ -393,3 +396,111 @@ def test_each_run_of_requests_to_one_target_gets_its_own_access_line(net: Net) -
     assert ups[3] == 0  # nothing of it reached a VM
     assert all(int(m[5]) > 0 for m in lines[:3] if m is not None)
     assert net.splice.access_lines()[4:] == []
+
+
+# -- retiring a VM that is slow to end, and other ends of a request ----------------------------
+
+
+class PacedVm(Upstream):
+    """Answers the first request head on a connection with ``Content-Length: 10 * len(pieces)``
+    and the body in 10-byte pieces, one every ``pace`` seconds after ``delay``; with
+    ``stall``, only the first half. Then it waits for splice to end the connection: the
+    FIN of a retire is not its cue to close (the VM a retire has to give up on)."""
+
+    def __init__(self, name: str, pieces: int, pace: float = 0.0, delay: float = 0.0,
+                 stall: bool = False) -> None:  # fmt: skip
+        super().__init__(name)
+        self.pieces, self.pace, self.delay, self.stall = pieces, pace, delay, stall
+
+    def serve(self, sock: socket.socket, rec: ConnRecord) -> None:
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = self.recv(sock, rec)
+            if not data:
+                return
+            got += data
+        time.sleep(self.delay)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (10 * self.pieces))
+        for i in range(self.pieces // 2 if self.stall else self.pieces):
+            sock.sendall(b"%09d|" % i)
+            time.sleep(self.pace)
+        if self.stall:
+            self._stop.wait(10)  # until the test ends: it never finishes, never closes
+            return
+        while self.recv(sock, rec):
+            pass
+
+
+def _splice_with(start_splice: StartSplice, vm: Upstream, alpha: EchoApp, **settings: object
+                 ) -> SpliceProcess:  # fmt: skip
+    return start_splice({"paced": shed(vm), "alpha": shed(alpha)}, **settings)
+
+
+def test_a_retired_vm_that_stalls_mid_response_ends_the_connection_with_nothing_inside_it(
+    make_app: MakeApp, start_splice: StartSplice
+) -> None:
+    """Relayed blind, the cut response could end anywhere; the next shed's answer must
+    not land inside it: after a whole ``retire_timeout`` without a byte, splice closes."""
+    alpha = make_app("alpha")
+    with PacedVm("paced", pieces=10, stall=True) as vm:
+        s = _splice_with(start_splice, vm, alpha, retire_timeout=0.4)
+        with s.client() as c:
+            t0 = time.monotonic()
+            c.send(get(f"paced.{DOMAIN}") + get(ALPHA))
+            status, _, headers = c.read_head()
+            assert (status, dict(headers)["content-length"]) == (200, "100")
+            assert c.read_to_eof() == b"".join(b"%09d|" % i for i in range(5))
+            assert time.monotonic() - t0 < 3.0
+        assert alpha.accepted == 0
+        assert s.wait_access(1)[-1].endswith(" RETIRE_TIMEOUT")
+
+
+def test_a_retired_vm_still_sending_after_retire_timeout_finishes_and_the_next_is_answered(
+    make_app: MakeApp, start_splice: StartSplice
+) -> None:
+    """A long download or a slow reader is not a stuck VM: each period that moved bytes
+    buys another, so the response ends whole and the next request gets its answer."""
+    alpha = make_app("alpha")
+    with PacedVm("paced", pieces=8, pace=0.2) as vm:
+        s = _splice_with(start_splice, vm, alpha, retire_timeout=1.0)
+        with s.client() as c:
+            c.send(get(f"paced.{DOMAIN}") + get(ALPHA, "/next"))
+            resp = c.read_response()
+            assert resp.body == b"".join(b"%09d|" % i for i in range(8))
+            assert ask(c, b"")["target"] == "/next"
+
+
+def test_a_bad_chunk_after_a_pipelined_request_gets_that_requests_answer_first(
+    make_app: MakeApp, start_splice: StartSplice
+) -> None:
+    alpha = make_app("alpha")
+    with PacedVm("paced", pieces=1, delay=0.3) as vm:
+        s = _splice_with(start_splice, vm, alpha)
+        host = f"paced.{DOMAIN}"
+        bad = f"POST /c HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        with s.client() as c:
+            c.send(get(host) + bad.encode())
+            assert c.read_response().body == b"000000000|"
+            assert_shed_error(c.read_response(), 400, "BAD_REQUEST")
+            assert c.closed_by_peer()
+
+
+def test_empty_lines_before_a_request_line_are_ignored(net: Net) -> None:
+    """RFC 9112 §2.2: a client's CRLF after a body is no request, and no late head."""
+    with net.splice.client() as c:
+        assert ask(c, b"\r\n" + get(ALPHA, "/1") + b"\r\n\n")["target"] == "/1"
+        time.sleep(0.3)
+        assert ask(c, b"\r\n" + get(ALPHA, "/2"))["target"] == "/2"
+    assert net.alpha.wait_done(0).requests == 2
+
+
+def test_a_head_cut_off_by_the_clients_fin_still_lets_the_earlier_answer_through(
+    net: Net,
+) -> None:
+    """``printf 'GET ...\\r\\n\\r\\nGET /x' | nc -N``: the half head after a request and the
+    FIN must not cost the request its answer."""
+    with net.splice.client() as c:
+        c.send(get(ALPHA, "/whole") + b"GET /ha")
+        c.shut_write()
+        assert c.read_response().json()["target"] == "/whole"
+        assert c.closed_by_peer()

@@ -51,11 +51,14 @@ def origin() -> Iterator[http.server.ThreadingHTTPServer]:
     server.server_close()
 
 
-def run_splice(tmp: Path, mode: str, origin_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def run_splice(
+    tmp: Path, mode: str, origin_port: int, top: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """splice with a forward listener and the store in ``mode``; ``top``: more top-level keys."""
     port = free_port()
     cfg = tmp / f"{mode}.toml"
     cfg.write_text(
-        "workers = 1\n"
+        f"workers = 1\n{top}"
         f'[[listen]]\naddress = "127.0.0.1:{port}"\nmode = "forward"\n'
         f'[forward]\nports = [{origin_port}]\nhosts = {{ "origin.test" = "127.0.0.1" }}\n'
         f'[forward.store]\npath = "{tmp / "store"}"\nmode = "{mode}"\n'
@@ -134,3 +137,54 @@ def test_store_ls_lists_what_the_server_recorded(
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert f"http://origin.test:{oport}/small" in out
+
+
+def _response(s: socket.socket) -> bytes:
+    """One whole response with a Content-Length body (head and body), read from ``s``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_keep_alive_head_sent_one_byte_at_a_time_gets_408_after_head_timeout(
+    tmp_path: Path, origin: http.server.ThreadingHTTPServer
+) -> None:
+    """A handed-over (store) connection holds each later head to ``head_timeout`` as the
+    engine does: a byte every 0.25 s once restarted a per-read timeout for ever. The wait
+    before a head's first byte is the keep-alive idle, not the head's."""
+    oport = origin.server_address[1]
+    request = f"GET http://origin.test:{oport}/small HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    p, port = run_splice(tmp_path, "record", oport, "head_timeout = 1\nidle_timeout = 30\n")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            assert _response(s).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # idle past head_timeout: the next request is still served
+            s.sendall(request)
+            assert _response(s).startswith(b"HTTP/1.1 200")
+            s.settimeout(0.25)
+            t0, reply = time.monotonic(), b""
+            for byte in request[:-2]:  # never whole; about 14 s of drip at most
+                s.sendall(bytes([byte]))
+                try:
+                    reply = s.recv(65536)
+                    break
+                except TimeoutError:
+                    pass
+            waited = time.monotonic() - t0
+            s.settimeout(5)
+            rest = b"".join(iter(lambda: s.recv(65536), b"")) if reply else b""  # then EOF
+    finally:
+        stop(p)
+    assert reply.startswith(b"HTTP/1.1 408 "), (reply, waited)
+    assert b"X-Shed-Error: HEAD_TIMEOUT" in reply + rest and b"Connection: close" in reply
+    assert 0.9 < waited < 3.0, waited

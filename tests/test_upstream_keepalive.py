@@ -332,9 +332,9 @@ def test_a_reused_connection_found_closed_is_retried_with_a_body_that_came_whole
     vm: FramingVm, start_splice: StartSplice
 ) -> None:
     s = start_splice({"alpha": shed(vm)})
-    post = close_get("/hang-up-when-reused", "POST", "Content-Length: 7\r\n")
-    assert one(s.port, post + b"payload").body == b"ok"
-    r = one(s.port, post + b"PAYLOAD")
+    put = close_get("/hang-up-when-reused", "PUT", "Content-Length: 7\r\n")
+    assert one(s.port, put + b"payload").body == b"ok"
+    r = one(s.port, put + b"PAYLOAD")
     assert (r.status, r.body) == (200, b"ok")
     assert vm.accepted == 2 and [c.requests for c in vm.conns] == [2, 1]
     # the VM read the second body twice: on the connection that hung up, then again
@@ -344,14 +344,33 @@ def test_a_reused_connection_found_closed_is_retried_with_a_body_that_came_whole
 def test_a_body_still_on_its_way_is_not_retried(vm: FramingVm, start_splice: StartSplice) -> None:
     """Bytes already passed on cannot be sent again: the client sees the VM's close."""
     s = start_splice({"alpha": shed(vm)})
-    post = close_get("/hang-up-when-reused", "POST", "Content-Length: 7\r\n")
-    assert one(s.port, post + b"payload").body == b"ok"
+    put = close_get("/hang-up-when-reused", "PUT", "Content-Length: 7\r\n")
+    assert one(s.port, put + b"payload").body == b"ok"
     with RawClient(s.port) as c:
-        c.send(post + b"PAY")
+        c.send(put + b"PAY")
         wait_for(lambda: len(vm.heads) == 2, "the second head reached the VM")
         c.send(b"LOAD")
         assert c.read_to_eof() == b""
     assert vm.accepted == 1
+
+
+def test_a_request_that_may_not_be_sent_twice_never_takes_a_pooled_connection(
+    vm: FramingVm, start_splice: StartSplice
+) -> None:
+    """POST is not idempotent (RFC 9110 §9.2.2). On a pooled connection the VM closed
+    meanwhile, splice would have to send it again or fail it (RFC 9112 §9.3.1): it
+    dials a connection of its own instead, and the VM gets it exactly once."""
+    s = start_splice({"alpha": shed(vm)})
+    assert one(s.port, close_get("/length")).body == b"hello"  # parks connection 0
+    post = close_get("/hang-up-when-reused", "POST", "Content-Length: 7\r\n")
+    for body in (b"payload", b"PAYLOAD"):
+        r = one(s.port, post + body)
+        assert (r.status, r.body) == (200, b"ok")
+    assert vm.bodies == [b"", b"payload", b"PAYLOAD"]
+    assert [c.requests for c in vm.conns] == [1, 1, 1]
+    # the parked connection is still there for the next GET
+    assert one(s.port, close_get("/length")).body == b"hello"
+    assert [c.requests for c in vm.conns] == [2, 1, 1]
 
 
 def test_idle_pooled_connections_are_closed_after_the_keepalive_timeout(
@@ -411,7 +430,7 @@ def test_bodies_and_100_continue_go_through_a_pooled_connection(
     for i in range(3):
         with RawClient(s.port) as c:
             c.send(
-                f"POST /up HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n"
+                f"PUT /up HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n"
                 f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
             )
             assert c.read_continue() == 100

@@ -8,6 +8,11 @@ deny pattern without a port denies every port; an allow pattern without a port a
 policy whose ``clients`` holds the peer or whose ``users`` names the proxy user replaces
 the top-level allow/deny lists. ``check_address`` is the second gate, on every address
 actually dialed: non-public ranges are refused unless ``allow_networks`` holds them.
+``denied_address`` holds a deny pattern that is an IP literal to every address dialled
+too, not only to the spelling the client wrote: ``deny = ["127.0.0.1"]`` refuses
+``localhost``, a name whose DNS answer or ``hosts`` entry is 127.0.0.1, as it refuses
+``127.1``. An IPv4 address in the NAT64 well-known prefix (``64:ff9b::/96``) is compared
+as that IPv4 address, as IPv4-mapped ones already are (it is where the packets go).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from splice.egress.addresses import Address, Network, allowed_by, classify
+from splice.egress.addresses import NAT64, Address, Network, allowed_by, classify
 from splice.egress.authority import normalise_host, parse_ip_literal, parse_port, split_host_port
 from splice.egress.passwords import is_password_hash
 from splice.errors import ConfigError, ProtocolError
@@ -53,6 +58,8 @@ class Pattern:
     name: str | None = None
     suffix: str | None = None
     port: int | None = None
+    #: the address an IP-literal pattern names, as ``denied_address`` compares it
+    address: Address | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> Pattern:
@@ -62,7 +69,9 @@ class Pattern:
         if host == "*":
             return cls(text, suffix="", port=port)
         if not host.startswith("*."):
-            return cls(text, name=normalise_host(host), port=port)
+            ip = parse_ip_literal(host)
+            address = None if ip is None else compared_address(ip)
+            return cls(text, name=normalise_host(host), port=port, address=address)
         if parse_ip_literal(host[2:]) is not None:
             raise ProtocolError("A wildcard needs a name after '*.', not an address.")
         return cls(text, suffix="." + normalise_host(host[2:]), port=port)
@@ -128,6 +137,27 @@ class ForwardPolicy:
             return Decision(False, "PORT_DENIED", "ports")
         return Decision(False, "DESTINATION_DENIED", "default")
 
+    def denied_address(
+        self, ip: Address, port: int, *, client_ip: str | None, user: str | None
+    ) -> Decision | None:
+        """The refusal of dialling ``ip``:``port`` by an IP-literal deny pattern, or None.
+
+        ``decide`` sees the name as the client wrote it; this sees the address that name
+        resolved or is mapped to, so the admin's "never this address" holds whatever the
+        spelling. ``client_ip`` None, a caller that cannot say who asks, is held to every
+        deny list (refusing too much rather than dialling what one of them denies).
+        """
+        wanted = compared_address(ip)
+        if client_ip is None:
+            lists = (self.rules, *(c.rules for c in self.policies))
+        else:
+            lists = (self.rules_for(client_ip, user),)
+        for rules in lists:
+            for p in rules.deny:
+                if p.address == wanted and p.port in (None, port):
+                    return Decision(False, "DESTINATION_DENIED", p.text)
+        return None
+
     def check_address(self, ip: Address | str) -> Decision:
         """``check_address`` with this policy's ``allow_networks``."""
         return check_address(ip, self.allow_networks)
@@ -151,6 +181,17 @@ def check_address(ip: Address | str, allow_networks: Iterable[Network]) -> Decis
     if net is not None:
         return Decision(True, None, str(net))
     return Decision(False, "PRIVATE_ADDRESS", problem)
+
+
+def compared_address(ip: Address) -> Address:
+    """``ip`` as deny patterns see it: an IPv4-mapped or NAT64 (64:ff9b::/96) address is
+    the IPv4 address it leads to, so no IPv6 spelling slips past an IPv4 pattern."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
 
 
 def _peer(client_ip: str) -> Address | None:

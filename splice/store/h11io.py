@@ -2,7 +2,9 @@
 
 The client side is an ``h11.SERVER`` connection, the upstream side an ``h11.CLIENT``.
 Every read waits at most ``timeout`` seconds (TimeoutError), every send drains, so a
-slow peer holds back the other instead of growing a buffer.
+slow peer holds back the other instead of growing a buffer. A request head has a
+deadline for the whole of it (``next_head``): a per-read timeout alone would let a
+client that sends one byte at a time hold the connection for ever.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ READ_SIZE = 256 * 1024
 MAX_HEAD = 64 * 1024
 
 Event = h11.Event | type[h11.PAUSED]
+
+
+class HeadTimeout(Exception):
+    """A request head did not come whole within its deadline (the caller answers 408)."""
 
 
 class HttpStream:
@@ -43,6 +49,36 @@ class HttpStream:
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            self.conn.receive_data(data)
+
+    async def next_head(self, idle: float, head: float, *, first: bool) -> Event:
+        """The next event (a request, or the close), the head whole within ``head`` s.
+
+        As in the engine: a connection's ``first`` head has its clock running at once;
+        a later one's starts with its first bytes, the silence before them being the
+        keep-alive wait, bounded by ``idle`` alone (TimeoutError).
+
+        Raises:
+            HeadTimeout: the head started but was not whole in time.
+        """
+        loop = asyncio.get_running_loop()
+        started = first or bool(self.conn.trailing_data[0])  # pipelined bytes are in
+        deadline = loop.time() + head if started else None
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            if deadline is None:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), idle)
+                deadline = loop.time() + head  # the head's first bytes are here
+            else:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise HeadTimeout
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), left)
+                except TimeoutError:
+                    raise HeadTimeout from None
             self.conn.receive_data(data)
 
     async def send(self, event: Any) -> None:

@@ -53,6 +53,9 @@ class Client:
     proved: bytes | None = None
     accept: bytes | None = None
     timeout: float = 600.0
+    #: a request head must come whole in this long (408 HEAD_TIMEOUT), as in the engine
+    #: (``serve_forward_stream`` passes it; 10 s is ``config.HEAD_TIMEOUT``)
+    head_timeout: float = 10.0
     connect_timeout: float = 5.0
     #: the client went away while a recording it started was still being fetched
     gone: bool = False

@@ -11,12 +11,35 @@ from __future__ import annotations
 import re
 from typing import Final
 
-#: the forwarding fields, lower-case: removed from an untrusted client's head
-FORWARDING_FIELDS: Final[tuple[bytes, ...]] = (
+#: what the VM may take as the client's address, scheme, host, port or path prefix: the
+#: fields we set (X-Forwarded-For/-Proto/-Host, Forwarded) and the ones frameworks read
+#: beside them (X-Forwarded-Port/-Prefix, X-Real-IP), which a client must not set either
+_TRUSTED_NAMES: Final = (
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-real-ip",
     b"forwarded",
+)
+
+
+def _spellings(name: bytes) -> list[bytes]:
+    """``name`` with each "-" also as "_": CGI, WSGI and PHP turn both into "_", so
+    ``X_Forwarded_For`` reaches an app as the same variable as our X-Forwarded-For
+    (and ahead of it, where "the leftmost address" is the client)."""
+    first, *rest = name.split(b"-")
+    out = [first]
+    for part in rest:
+        out = [o + sep + part for o in out for sep in (b"-", b"_")]
+    return out
+
+
+#: the forwarding fields in every spelling, lower-case: removed from an untrusted
+#: client's head
+FORWARDING_FIELDS: Final[tuple[bytes, ...]] = tuple(
+    s for name in _TRUSTED_NAMES for s in _spellings(name)
 )
 # field-line at a line start: "\r\n" field-name ":" ... up to the next CR
 _FORWARDED_LINE: Final = re.compile(

@@ -193,6 +193,9 @@ def _parse_slow(buf: bytes | bytearray, max_head: int) -> Head | None:
         raise ProtocolError(f"malformed request head: {e}") from None
     if not isinstance(event, h11.Request):
         raise ProtocolError("malformed request head")
+    if event.http_version not in (b"1.0", b"1.1"):
+        # h11 takes any HTTP/d.d; rewritten as 1.x the VM would get another request
+        raise ProtocolError(f"HTTP/{event.http_version.decode()} is not relayed (1.0 and 1.1 are)")
     minor = event.http_version.split(b".")[1]
     raw_items = event.headers.raw_items()
     lines = [b"%s %s HTTP/1.%s\r\n" % (event.method, event.target, minor)]

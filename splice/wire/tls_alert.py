@@ -42,6 +42,8 @@ _ALERT_FOR_CODE: dict[str, AlertDescription] = {
     "PORT_DENIED": AlertDescription.access_denied,
     "PRIVATE_ADDRESS": AlertDescription.access_denied,
     "TUNNEL_NOT_REPLAYABLE": AlertDescription.access_denied,
+    # egress-tls with proxy users: a transparent client cannot authenticate
+    "PROXY_AUTH_REQUIRED": AlertDescription.access_denied,
 }
 
 

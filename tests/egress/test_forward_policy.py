@@ -18,7 +18,8 @@ from splice.egress.policy import (
     check_address,
     parse_forward_section,
 )
-from splice.errors import ConfigError, ProtocolError
+from splice.errors import ConfigError, ProtocolError, RouteError
+from splice.forward_conn import Refused, pick_address
 
 #: a valid hash with scrypt's cheapest parameters, so tests need not spend 50 ms each
 HASH = "scrypt$2$1$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAA=="
@@ -251,6 +252,94 @@ class TestCheckAddress:
         p = policy(allow_networks=["127.0.0.0/8"])
         assert p.check_address("127.0.0.1") == Decision(True, None, "127.0.0.0/8")
         assert p.check_address("10.0.0.1") == Decision(False, "PRIVATE_ADDRESS", "private")
+
+
+class TestDeniedAddress:
+    """An IP-literal deny pattern holds for every address dialled, whatever name led there."""
+
+    FORWARD: dict[str, Any] = {
+        "deny": ["127.0.0.1", "10.0.0.5:8080", "*.bad.test", "[64:ff9b::a00:6]"],
+        "users": {"alice": HASH},
+        "policies": [{"users": ["alice"], "deny": ["10.0.0.7"]}],
+    }
+
+    def denied(self, address: str, port: int = 443, user: str | None = None) -> str | None:
+        p = parse_forward_section(self.FORWARD)
+        ip = ipaddress.ip_address(address)
+        d = p.denied_address(ip, port, client_ip=PEER, user=user)
+        assert d is None or (not d.allowed and d.code == "DESTINATION_DENIED")
+        return None if d is None else d.rule
+
+    @pytest.mark.parametrize(
+        "address", ["127.0.0.1", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "64:ff9b::127.0.0.1"]
+    )
+    def test_an_ipv4_pattern_denies_its_address_in_any_ipv6_form_that_leads_to_it(
+        self, address: str
+    ) -> None:
+        assert self.denied(address) == "127.0.0.1"
+
+    def test_a_nat64_pattern_denies_the_ipv4_address_it_embeds(self) -> None:
+        assert self.denied("10.0.0.6") == "[64:ff9b::a00:6]"
+        assert Pattern.parse("[64:ff9b::a00:6]").address == ipaddress.IPv4Address("10.0.0.6")
+
+    def test_other_addresses_and_other_translators_are_not_denied(self) -> None:
+        for address in ("127.0.0.2", "::1", "64:ff9b:1::7f00:1", "2002:7f00:1::"):
+            assert self.denied(address) is None, address
+
+    def test_a_pattern_with_a_port_denies_only_that_port(self) -> None:
+        assert self.denied("10.0.0.5", 8080) == "10.0.0.5:8080"
+        assert self.denied("10.0.0.5", 443) is None
+
+    def test_name_patterns_never_match_an_address(self) -> None:
+        assert Pattern.parse("*.bad.test").address is None
+        assert Pattern.parse("pypi.org").address is None
+
+    def test_a_client_gets_its_own_deny_list_and_an_unknown_one_every_list(self) -> None:
+        p = parse_forward_section(self.FORWARD)
+        ip = ipaddress.ip_address("10.0.0.7")
+        assert self.denied("10.0.0.7") is None
+        assert self.denied("10.0.0.7", user="alice") == "10.0.0.7"
+        assert self.denied("127.0.0.1", user="alice") is None  # its list replaces the top one
+        unknown = p.denied_address(ip, 443, client_ip=None, user=None)
+        assert unknown == Decision(False, "DESTINATION_DENIED", "10.0.0.7")
+
+
+class TestPickAddress:
+    """The address dialled passes both gates; no socket is opened here."""
+
+    def pick(self, p: ForwardPolicy, host: str, addrs: tuple[str, ...], port: int = 80) -> str:
+        return pick_address(p, host, port, addrs, client_ip=PEER, user=None)
+
+    def test_a_denied_address_is_skipped_for_the_next_one(self) -> None:
+        p = policy(deny=["203.0.113.9"], allow_networks=["203.0.113.0/24"])
+        assert self.pick(p, "cdn.test", ("203.0.113.9", "203.0.113.10")) == "203.0.113.10"
+
+    @pytest.mark.parametrize(
+        ("hosts", "addrs"),
+        [
+            pytest.param({}, ("::1", "127.0.0.1"), id="resolved"),
+            pytest.param({"cdn.test": "127.0.0.1"}, (), id="hosts-entry"),
+            pytest.param({"cdn.test": "64:ff9b::7f00:1"}, (), id="hosts-entry-nat64"),
+        ],
+    )
+    def test_a_name_leading_only_to_a_denied_address_is_refused_as_a_denied_name(
+        self, hosts: dict[str, str], addrs: tuple[str, ...]
+    ) -> None:
+        p = policy(deny=["127.0.0.1"], allow_networks=["127.0.0.0/8"], hosts=hosts)
+        with pytest.raises(Refused) as info:
+            self.pick(p, "cdn.test", addrs)
+        assert (info.value.code, info.value.rule) == ("DESTINATION_DENIED", "127.0.0.1")
+        assert "rule '127.0.0.1'" in str(info.value)
+
+    def test_a_hosts_entry_that_is_not_denied_is_dialled_as_written(self) -> None:
+        p = policy(deny=["127.0.0.2"], hosts={"cdn.test": "127.0.0.1"})
+        assert self.pick(p, "cdn.test", ()) == "127.0.0.1"
+
+    def test_non_public_addresses_alone_are_still_private_address(self) -> None:
+        p = policy(deny=["127.0.0.2"])
+        with pytest.raises(RouteError) as info:
+            self.pick(p, "cdn.test", ("127.0.0.1",))
+        assert info.value.code == "PRIVATE_ADDRESS"
 
 
 class TestStaticAddress:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,27 @@ def test_keep_alive_connection_mixes_hits_and_misses(origin: Origin, gateway: Ma
 
 
 BLOCK5 = BLOCK[:5]
+
+
+def test_a_pipelined_head_that_never_ends_gets_408_after_head_timeout(
+    origin: Origin, gateway: MakeGateway
+) -> None:
+    """Bytes of the next head that came with the last request start its clock: with the
+    head never finished, the client hears 408 HEAD_TIMEOUT in ``head_timeout``, not in
+    the idle timeout, and the connection closes."""
+    gw = gateway("record")
+    gw.head_timeout = 0.5
+    request = b"GET http://127.0.0.1:%d/bytes/5 HTTP/1.1\r\nHost: x\r\n\r\n" % origin.port
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=WAIT) as s:
+        t0 = time.monotonic()
+        s.sendall(request + request[:30])
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        waited = time.monotonic() - t0
+    first, _, second = data.partition(BLOCK5)
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 408 ")
+    assert b"X-Shed-Error: HEAD_TIMEOUT" in second and waited < WAIT / 2, waited
 
 
 def test_head_replays_length_without_body(origin: Origin, gateway: MakeGateway) -> None:

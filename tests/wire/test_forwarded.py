@@ -31,6 +31,23 @@ class TestRewrite:
                                 rfc7239=True)  # fmt: skip
         assert b'Forwarded: for="[::1]";proto=http;host="a"\r\n\r\n' in out
 
+    def test_underscore_spellings_and_the_fields_frameworks_read_beside_ours_go_too(
+        self,
+    ) -> None:
+        # WSGI/CGI/PHP read X_Forwarded_For and X-Forwarded_For as HTTP_X_FORWARDED_FOR,
+        # the same variable as ours, and the forged address would come first
+        forged = [
+            b"X_Forwarded_For: 6.6.6.6", b"x-forwarded_for: 6.6.6.6", b"X_FORWARDED-HOST: evil",
+            b"X_Forwarded_Proto: https", b"X-Forwarded-Port: 1", b"x_forwarded_prefix: /evil",
+            b"X-Real-IP: 6.6.6.6", b"X_Real_Ip: 6.6.6.6",
+        ]  # fmt: skip
+        head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(f + b"\r\n" for f in forged)
+        out = rewrite_forwarded(head + b"X-Trace_Id: 7\r\n\r\n", "1.2.3.4", b"a", b"http")
+        assert out == (
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Trace_Id: 7\r\nX-Forwarded-For: 1.2.3.4\r\n"
+            b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n"
+        )
+
     def test_a_field_that_only_starts_like_ours_is_kept(self) -> None:
         head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Fort: keep\r\n\r\n"
         assert b"X-Forwarded-Fort: keep\r\n" in rewrite_forwarded(head, "1.2.3.4", b"a", b"http")

@@ -130,6 +130,15 @@ class TestSlowPath:
             parse_head(b"GET / HTTP/1.1\nHost : a\n\n")
         assert e.value.code == "BAD_REQUEST"
 
+    @pytest.mark.parametrize("version", [b"2.0", b"1.2", b"3.1", b"0.9"])
+    def test_a_version_other_than_1_0_and_1_1_is_refused_not_rewritten(
+        self, version: bytes
+    ) -> None:
+        # h11 reads any HTTP/d.d; its minor digit alone would make another request
+        with pytest.raises(ProtocolError) as e:
+            parse_head(b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version)
+        assert e.value.code == "BAD_REQUEST"
+
     def test_a_head_h11_reads_as_no_request_is_400(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(http_head.h11.Connection, "next_event", lambda self: h11.NEED_DATA)
         with pytest.raises(ProtocolError):
@@ -260,7 +269,9 @@ class TestLaws:
             st.tuples(
                 st.sampled_from(
                     [b"X-Forwarded-For", b"x-forwarded-proto", b"X-FORWARDED-HOST",
-                     b"Forwarded", b"forwarded", b"X-Forwarded-Fort", b"Forwarded-X"]
+                     b"Forwarded", b"forwarded", b"X-Forwarded-Fort", b"Forwarded-X",
+                     b"X_Forwarded_For", b"x-forwarded_host", b"X-Real-IP", b"x_real-ip",
+                     b"X-Forwarded-Prefix", b"X_Forwarded_Portal"]
                 ),
                 st.sampled_from([b":", b": ", b" :", b"\t:"]),
             ),

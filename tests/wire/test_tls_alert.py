@@ -27,6 +27,7 @@ class TestAlertForCode:
             ("DESTINATION_DENIED", AlertDescription.access_denied),
             ("PORT_DENIED", AlertDescription.access_denied),
             ("PRIVATE_ADDRESS", AlertDescription.access_denied),
+            ("PROXY_AUTH_REQUIRED", AlertDescription.access_denied),
             ("CONNECT_FAILED", AlertDescription.internal_error),
             ("UPSTREAM_TIMEOUT", AlertDescription.internal_error),
             ("SHED_NOT_RUNNING", AlertDescription.internal_error),
