@@ -223,13 +223,20 @@ class HttpConn(Relay):
                 return not self.closed and self._fill()
             self.need_proxy = None
         inbuf = self.inbuf
-        if inbuf and (inbuf[0] == 13 or inbuf[0] == 10):
-            _skip_empty_lines(inbuf)
         if not inbuf:
             return self._fill()
         t = _clock()
-        head = parse_head(inbuf, self.ctx.cfg.max_head)
+        # empty lines before a request line are looked for only when the head does not
+        # parse: a check of every head's first byte costs more than the scan saves
+        try:
+            head = parse_head(inbuf, self.ctx.cfg.max_head)
+        except ProtocolError:
+            if not _skip_empty_lines(inbuf):
+                raise
+            return True  # the head after them, on the next step
         if head is None:
+            if _skip_empty_lines(inbuf) and not inbuf:
+                return self._fill()  # only empty lines: no head has begun
             # a later head's clock starts with its first bytes (the first head's ran
             # from the accept). Only a head that did not come whole costs the timer:
             # the next read is at once, so the start is the same
@@ -928,8 +935,11 @@ class HttpConn(Relay):
         self.close()
 
 
-def _skip_empty_lines(buf: bytearray) -> None:
-    """Drop the empty lines (CRLF or LF) that start ``buf``: RFC 9112 §2.2 has a server
-    ignore them before a request line (a client's CRLF after a body it framed itself)."""
+def _skip_empty_lines(buf: bytearray) -> bool:
+    """Drop the empty lines (CRLF or LF) that start ``buf``; True if there were any.
+    RFC 9112 §2.2 has a server ignore them before a request line (a client's CRLF after
+    a body it framed itself)."""
+    size = len(buf)
     while buf[:2] == b"\r\n" or buf[:1] == b"\n":
         del buf[: 2 if buf[0] == 13 else 1]
+    return len(buf) != size

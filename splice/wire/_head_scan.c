@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* tchar (RFC 9110 §5.6.2); field-value bytes: HTAB, SP, VCHAR, obs-text */
@@ -52,13 +53,67 @@ lower(unsigned char c)
     return c >= 'A' && c <= 'Z' ? c + 32 : c;
 }
 
+/* The names a scan looks for, and a 256-bit signature of their (first byte, length)
+ * pairs. Most field lines of a request (User-Agent, Cookie, Sec-Fetch-*, Referer...)
+ * are no wanted name, and there are 30-odd names (every spelling of the forwarding
+ * fields): the signature turns such a line away without a pass over the names. */
+typedef struct {
+    PyObject *tuple;
+    uint64_t sig[4];
+} Names;
+
+static inline unsigned
+sig_bit(unsigned char first, Py_ssize_t n)
+{
+    return ((unsigned)lower(first) * 31u + (unsigned)n) & 255u;
+}
+
+/* The Names of tuple ``names``: checked and signed once, then kept (with a reference)
+ * for the next calls; two slots, one per scanner's module constant. NULL with a
+ * TypeError when ``names`` is not a tuple of bytes. */
+static const Names *
+names_of(const char *fn, PyObject *names)
+{
+    static Names slots[2];
+    static int next;
+    for (int k = 0; k < 2; k++)
+        if (slots[k].tuple == names)
+            return &slots[k];
+    if (!PyTuple_Check(names)) {
+        PyErr_Format(PyExc_TypeError, "%s() needs a tuple of names", fn);
+        return NULL;
+    }
+    Names fresh = {names, {0, 0, 0, 0}};
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+        PyObject *cand = PyTuple_GET_ITEM(names, k);
+        if (!PyBytes_Check(cand)) {
+            PyErr_Format(PyExc_TypeError, "%s() needs names as bytes", fn);
+            return NULL;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(cand);
+        if (n > 0) {
+            unsigned b = sig_bit((unsigned char)PyBytes_AS_STRING(cand)[0], n);
+            fresh.sig[b >> 6] |= (uint64_t)1 << (b & 63);
+        }
+    }
+    Names *slot = &slots[next];
+    next ^= 1;
+    Py_INCREF(names);
+    Py_XDECREF(slot->tuple);
+    *slot = fresh;
+    return slot;
+}
+
 /* ``names``' entry equal to the lower-cased name, borrowed; NULL for none */
 static PyObject *
-wanted(const unsigned char *name, Py_ssize_t n, PyObject *names)
+wanted(const unsigned char *name, Py_ssize_t n, const Names *names)
 {
-    Py_ssize_t count = PyTuple_GET_SIZE(names);
+    unsigned b = sig_bit(name[0], n);
+    if (!(names->sig[b >> 6] >> (b & 63) & 1))
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(names->tuple);
     for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *cand = PyTuple_GET_ITEM(names, k);
+        PyObject *cand = PyTuple_GET_ITEM(names->tuple, k);
         if (PyBytes_GET_SIZE(cand) != n)
             continue;
         const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(cand);
@@ -93,7 +148,7 @@ field(PyObject *name, const unsigned char *v, const unsigned char *e)
 /* The field lines in p[i:stop]: a new list of the wanted (name, value) pairs, Py_None
  * (a new reference) when the grammar refuses a byte, NULL with an exception set. */
 static PyObject *
-field_lines(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop, PyObject *names)
+field_lines(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop, const Names *names)
 {
     PyObject *fields = PyList_New(0);
     if (fields == NULL)
@@ -157,7 +212,7 @@ bytes_of(const unsigned char *p, Py_ssize_t n)
 /* The request head in p[0:stop] (stop: just after its last line's CRLF):
  * (method, target, minor, fields, raw), or Py_None; both new references. */
 static PyObject *
-request(const unsigned char *p, Py_ssize_t stop, PyObject *names)
+request(const unsigned char *p, Py_ssize_t stop, const Names *names)
 {
     Py_ssize_t i = 0;
     while (i < stop && TCHAR[p[i]])
@@ -194,7 +249,7 @@ is_digit(unsigned char c)
  *   status-line = "HTTP/1." ("0" / "1") SP 3DIGIT [ SP reason-phrase ] CRLF
  * (the first digit 1-5; a missing SP before an empty reason is common and harmless) */
 static PyObject *
-response(const unsigned char *p, Py_ssize_t stop, PyObject *names)
+response(const unsigned char *p, Py_ssize_t stop, const Names *names)
 {
     if (stop < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
         p[8] != ' ' || p[9] < '1' || p[9] > '5' || !is_digit(p[10]) || !is_digit(p[11]))
@@ -216,7 +271,7 @@ response(const unsigned char *p, Py_ssize_t stop, PyObject *names)
     return pack(items, 4);
 }
 
-typedef PyObject *(*head_fn)(const unsigned char *, Py_ssize_t, PyObject *);
+typedef PyObject *(*head_fn)(const unsigned char *, Py_ssize_t, const Names *);
 
 /* The arguments (buf, max_head, names) checked, the blank line found within max_head,
  * and ``fn`` run on the head before it. */
@@ -227,17 +282,9 @@ entry(const char *name, head_fn fn, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
         return NULL;
     }
-    PyObject *names = args[2];
-    if (!PyTuple_Check(names)) {
-        PyErr_Format(PyExc_TypeError, "%s() needs a tuple of names", name);
+    const Names *names = names_of(name, args[2]);
+    if (names == NULL)
         return NULL;
-    }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
-        if (!PyBytes_Check(PyTuple_GET_ITEM(names, k))) {
-            PyErr_Format(PyExc_TypeError, "%s() needs names as bytes", name);
-            return NULL;
-        }
-    }
     Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
     if (max_head == -1 && PyErr_Occurred())
         return NULL;
