@@ -155,10 +155,15 @@ def _routes(path: str | None, admin: str | None, as_json: bool) -> int:
     except ConfigError as e:
         print(f"splice: {e}", file=sys.stderr)
         return 1
+    import h11
+
     try:
         doc = fetch_routes(host, port)
     except (OSError, ValueError) as e:
         print(f"splice: no admin listener answers at {host}:{port} ({e})", file=sys.stderr)
+        return 1
+    except h11.ProtocolError as e:  # something listens there, but it does not speak HTTP
+        print(f"splice: {host}:{port} does not answer HTTP ({e})", file=sys.stderr)
         return 1
     if "error" in doc:
         print(f"splice: {doc['error']}", file=sys.stderr)

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from splice.config_ops import OPS_KEYS, AdminConfig, parse_ops
 from splice.egress.policy import ForwardPolicy, parse_forward_section
@@ -176,7 +177,7 @@ def load_config(path: str) -> Config:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("", f"{path} is not valid TOML: {e}") from None
     return parse_config(data)
 
@@ -353,6 +354,15 @@ def _resolver(v: Any) -> ResolverConfig:
     if not (isinstance(server, str) and server.startswith("http://")):
         raise ConfigError(
             "resolver.shed_server", "must be an http:// URL, e.g. http://127.0.0.1:8080"
+        )
+    try:
+        url = urlsplit(server)
+        bad = not url.hostname or url.port == 0  # .port raises on a port out of range
+    except ValueError:
+        bad = True
+    if bad:
+        raise ConfigError(
+            "resolver.shed_server", f"{server!r} is not a usable http://HOST[:PORT] URL"
         )
     return ResolverConfig(
         chain=chain,

@@ -81,12 +81,14 @@ class Context:
         self.apply(cfg, chain, ports)
 
     def apply(self, cfg: Config, chain: ResolverChain, ports: PortsSource | None) -> None:
-        """Install a (new) config; connections already routed keep their upstreams."""
+        """Install a (new) config; connections already routed keep their upstreams.
+        What can fail (the shed-server URL's parse) comes before any change."""
+        url = urlsplit(cfg.resolver.shed_server)
+        shed_server = (url.hostname or "127.0.0.1", url.port or 80)
         self.cfg = cfg
         self.chain = chain
         self.ports_source = ports
-        url = urlsplit(cfg.resolver.shed_server)
-        self.shed_server = (url.hostname or "127.0.0.1", url.port or 80)
+        self.shed_server = shed_server
         self.shed_server_host = url.netloc
         self.allow = NetSet(cfg.allow_clients)
         self.fronts = NetSet(cfg.trusted_fronts)

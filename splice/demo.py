@@ -15,10 +15,12 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 
 import h11
 
 from splice.config import parse_config
+from splice.errors import ConfigError
 
 log = logging.getLogger("splice")
 
@@ -157,7 +159,11 @@ def run_demo(port: int) -> int:
 
     from splice.server import Server
 
-    cfg = parse_config(demo_config(port))
+    try:
+        cfg = parse_config(demo_config(port))
+    except ConfigError as e:  # --port out of range: the user's typo, not a crash
+        print(f"splice: demo --port {port}: {e}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         servers = [
@@ -178,7 +184,11 @@ def run_demo(port: int) -> int:
         for s in servers:
             s.close()
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except OSError as e:  # the port (or a demo app's) is taken
+        print(f"splice: demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

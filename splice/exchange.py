@@ -108,7 +108,7 @@ async def serve_forward_stream(
     the engine; ``idle_timeout`` bounds every other wait.
     ``access``, ``mode``: each request gets a ``store`` access line, naming the mode.
     """
-    stream = HttpStream(reader, writer, h11.SERVER)
+    stream = HttpStream(reader, writer, h11.SERVER, idle_timeout)
     stream.feed(first_head + leftover)
     cx = Client(
         stream=stream,
@@ -314,7 +314,7 @@ async def _intercept(cx: Client, origin: Origin) -> None:
         raise ProtocolError("the client sent TLS before the tunnel was established")
     writer = cx.stream.writer
     await writer.start_tls(tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-    cx.stream = HttpStream(cx.stream.reader, writer, h11.SERVER)
+    cx.stream = HttpStream(cx.stream.reader, writer, h11.SERVER, cx.timeout)
     await _serve_requests(cx, origin)
 
 
@@ -343,7 +343,8 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, timeout: f
     try:
         while data := await asyncio.wait_for(src.read(READ_SIZE), timeout):
             dst.write(data)
-            await dst.drain()
+            async with asyncio.timeout(timeout):  # a peer that stops reading, too
+                await dst.drain()
         if dst.can_write_eof():
             dst.write_eof()
     except (OSError, TimeoutError):

@@ -10,6 +10,7 @@ histogram families, no client-side state) and returns the text exposition.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -48,6 +49,26 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for snap in snapshots:
         _add(out, snap)
     _cap_sheds(out)
+    return out
+
+
+#: the gauges of a snapshot (paths of keys): a level now, not a running total
+GAUGES: tuple[tuple[str, ...], ...] = (("active",), ("upstream_pool", "idle"), ("gc", "frozen"))
+
+
+def retire(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A dead worker's last snapshot as kept in the sums: its counters, its gauges at 0.
+
+    Its connections, pooled VM connections and frozen objects died with it; its counts
+    stay, so counters never go back.
+    """
+    out = copy.deepcopy(dict(snapshot))
+    for *path, key in GAUGES:
+        inner: Any = out
+        for part in path:
+            inner = inner.get(part) if isinstance(inner, dict) else None
+        if isinstance(inner, dict) and key in inner:
+            inner[key] = 0
     return out
 
 

@@ -511,6 +511,9 @@ class Relay(Handler):
     def _resolved(self, task: asyncio.Task[tuple[str, int | None, Endpoint]]) -> None:
         if self.closed:
             return
+        if task.cancelled():  # the server is stopping: an answer, not a hang
+            self.guarded(lambda: self.fail(RouteError(code="RESOLVER_UNAVAILABLE")))
+            return
 
         def step() -> None:
             self.routed(*task.result())

@@ -323,24 +323,27 @@ class Server:
         """Swap config, resolvers and listeners atomically; open connections keep their routes.
 
         Raises:
-            OSError: a new listener could not bind; nothing has changed then.
+            OSError: a new listener could not bind; nothing has changed then (nor on any
+                other error: the listeners bound for it are closed again).
         """
         ctx = self.ctx
         assert ctx is not None
         keep = {(lc.host, lc.port, lc.mode): lc for lc in cfg.listen}
         old = {(li.config.host, li.config.port, li.config.mode): li for li in self.listeners}
+        chain, ports = build_chain(cfg), build_ports(cfg)
         added: list[Listener] = []
+        old_chain = ctx.chain
         try:
             for k, lc in keep.items():
                 if k not in old:
                     added.append(Listener(ctx, lc, _factory(lc.mode)))
-        except OSError:
+            ctx.apply(cfg, chain, ports)
+        except BaseException:
             for listener in added:
                 listener.close()
+            ctx.loop.create_task(chain.close())
             raise
-        old_chain = ctx.chain
         self._resolved.update(hits=old_chain.hits, misses=old_chain.misses, stale=old_chain.stale)
-        ctx.apply(cfg, build_chain(cfg), build_ports(cfg))
         self.cfg = cfg
         for k, listener in old.items():
             if k in keep:
@@ -348,7 +351,7 @@ class Server:
             else:
                 listener.close()
         self.listeners = [li for li in self.listeners if li.config in keep.values()] + added
-        ctx.loop.create_task(old_chain.close())
+        ctx.loop.create_task(old_chain.close(finish=True))
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop accepting; let open connections finish for up to ``drain`` s; close the rest."""

@@ -100,7 +100,12 @@ def _ca_init(settings: StoreSettings, args: argparse.Namespace) -> int:
 
 
 def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A time as UTC, or as the number when no calendar holds it (a hand-made entry):
+    one bad row must not make the whole listing fail."""
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return repr(t)
 
 
 def _summary(e: Entry) -> dict[str, Any]:
@@ -150,6 +155,8 @@ def _ls(store: Store, args: argparse.Namespace) -> int:
 
 
 def _resolve(store: Store, prefix: str) -> Entry:
+    if not prefix:
+        raise CliError("give a key, or a unique prefix of one (an empty one matches all)")
     found = store.find(prefix)
     if not found:
         raise CliError(f"no entry has a key starting with {prefix!r}")
@@ -174,7 +181,12 @@ def _show(store: Store, args: argparse.Namespace) -> int:
 
 
 def _rm(store: Store, args: argparse.Namespace) -> int:
-    keys = [_resolve(store, args.key).key] if args.key else [e.key for e in store.entries(args.url)]
+    # ``is not None``: an empty key (``rm "$KEY"`` with KEY unset) is an error, never "all"
+    keys = (
+        [_resolve(store, args.key).key]
+        if args.key is not None
+        else [e.key for e in store.entries(args.url)]
+    )
     removed = store.remove(keys)
     if args.json:
         _print_json({"removed": removed, "keys": keys})

@@ -5,12 +5,15 @@ Ports are pinned first (``splice.pins``), then each worker is spawned
 (``splice.control``) and started with the pinned config. A worker that dies is
 restarted after a backoff (``FIRST_BACKOFF`` doubling to ``MAX_BACKOFF``, reset once a
 worker has lived ``STABLE_AFTER``). SIGTERM/SIGINT are forwarded to every worker; the
-supervisor exits 0 once all have exited. SIGHUP and ``POST /reload`` re-read the config
-here and push it to the workers. Each worker enforces its share of every connection
+supervisor exits 0 once all have exited (a worker that was down or starting when the
+stop came does not count against it). SIGHUP and ``POST /reload`` re-read the config
+here and push it to the workers; one that was starting meanwhile gets it once it is up
+(``generation``), and later restarts start on it. Each worker enforces its share of every connection
 limit (``splice.config_ops.share_limits``), so the limits hold for the whole instance.
 The admin listener lives here: ``/metrics`` is the sum of the workers' snapshots
 (refreshed every ``SNAPSHOT_EVERY`` s and at each scrape), plus the last snapshot of
-each worker that died, so counters never go back.
+each worker that died with its gauges at 0 (``exposition.retire``), so counters never
+go back and levels (open connections, idle pool) are only the live workers'.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from splice.admin import AdminServer
 from splice.config import Config, parse_config
 from splice.control import ChannelClosed
 from splice.errors import ConfigError
-from splice.exposition import merge
+from splice.exposition import merge, retire
 from splice.pins import Pins
 from splice.routes import merge_routes
 from splice.service import Stopper, reload_task, start_admin
@@ -61,6 +64,10 @@ class Supervisor:
         self.log_args = log_args
         self.pins = Pins()
         self.data: dict[str, Any] = {}
+        #: bumped by each reload that took: a worker on an older one is brought up to it
+        self.generation = 0
+        #: one reload at a time, catch-ups included: generations only move forward
+        self.reloading = asyncio.Lock()
         self.workers: list[WorkerProc] = []
         self.retired: dict[str, Any] = {}
         self.restarts = 0
@@ -113,8 +120,10 @@ class Supervisor:
         await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
         for task in (waiting, stop):
             task.cancel()
-        if not waiting.done() or waiting.cancelled() or waiting.result() is None:
-            return True  # all started, or a signal came first: stop normally then
+        if stopper.stop.is_set() or not waiting.done() or waiting.cancelled():
+            return True  # a signal came first (a start it cut short is no failure)
+        if waiting.result() is None:
+            return True  # all started
         log.error("%s; stopping", waiting.result())
         return False
 
@@ -146,20 +155,34 @@ class Supervisor:
         args = [*self.log_args, "worker", "--index", str(w.index)]
         if self.drain is not None:
             args += ["--drain", str(self.drain)]
+        generation, served = self.generation, False
         try:
             await w.spawn(args, self.data, len(self.workers), START_TIMEOUT)
         except (OSError, ChannelClosed, TimeoutError) as e:
-            w.started(f"worker {w.index} failed to start: {e or type(e).__name__}")
-            log.error("worker %d failed to start: %s", w.index, e or type(e).__name__)
+            why = e or type(e).__name__
+            w.started(f"worker {w.index} failed to start: {why}")
+            if self.forwarded:  # a stop signal reached it while it was starting
+                log.info("worker %d stopped while starting (%s)", w.index, why)
+            else:
+                log.error("worker %d failed to start: %s", w.index, why)
         else:
+            served = True
+            w.generation = generation
             w.started(None)
             if self.stopping.is_set():  # started while the supervisor was stopping
                 w.terminate()
+            else:
+                await self._catch_up(w)
             assert w.reader is not None
             await w.reader  # until the channel closes: the worker is exiting
+        asked = self.forwarded  # a stop was requested before it exited
         code = await w.reap(self.grace() + STOP_GRACE if self.forwarded else STOP_GRACE)
+        # only a worker that served and was asked to stop must have exited 0: one that
+        # crashed earlier was restarted (or is waiting to be), one that was starting may
+        # have taken the signal before it could handle it
+        w.clean = not (served and asked) or w.proc is None or w.proc.returncode == 0
         if w.last is not None:  # its counts stay in the sums: counters never go back
-            self.retired = merge([self.retired, {**w.last, "active": 0}])
+            self.retired = merge([self.retired, retire(w.last)])
             w.last = None
         return None if self.stopping.is_set() or w.first.result() is not None else code
 
@@ -171,7 +194,7 @@ class Supervisor:
         _, pending = await asyncio.wait(slots, timeout=self.grace() + 2 * STOP_GRACE)
         for task in pending:
             task.cancel()
-        return not pending and all(w.proc is None or w.proc.returncode == 0 for w in self.workers)
+        return not pending and all(w.clean for w in self.workers)
 
     async def _each(self, op: str, **args: Any) -> list[tuple[WorkerProc, Any]]:
         """Call ``op`` on every ready worker at once: (worker, result or exception)."""
@@ -223,15 +246,45 @@ class Supervisor:
             return {"error": "no worker is running", "workers": 0}
         return {**merge_routes(docs), "workers": len(docs)}
 
+    async def _catch_up(self, w: WorkerProc) -> None:
+        """Bring ``w``, started on an older config than a reload since, to the current one.
+
+        A worker that refuses it (or does not answer) is stopped: it is restarted on the
+        current config, so every worker ends up on it.
+        """
+        async with self.reloading:
+            if not w.ready or w.generation >= self.generation:
+                return
+            generation = self.generation
+            try:
+                await w.call("reload", CALL_TIMEOUT, config=self.data)
+            except (ChannelClosed, TimeoutError) as e:
+                if w.chan is not None and not w.chan.closed:  # alive, and it said no
+                    log.error(
+                        "worker %d missed a reload and refused it (%s); restarting it",
+                        w.index,
+                        e or type(e).__name__,
+                    )
+                    w.terminate()
+                return
+            w.generation = generation
+            log.info("worker %d (pid %d) brought to the reloaded config", w.index, w.pid)
+
     async def reload(self) -> str | None:
+        async with self.reloading:
+            error = await self._reload()
+        if error is None:  # a worker that was starting meanwhile was left behind: catch up
+            await asyncio.gather(*(self._catch_up(w) for w in self.workers))
+        return error
+
+    async def _reload(self) -> str | None:
         try:
             cfg, data, pins = self._prepare()
         except (OSError, ValueError, ConfigError) as e:
             log.error("reload of %s refused (%s); the running config stays", self.path, e)
             return str(e)
-        refused = [
-            f"worker {w.index}: {r}" for w, r in await self._each("reload", config=data) if r
-        ]
+        answers = await self._each("reload", config=data)
+        refused = [f"worker {w.index}: {r}" for w, r in answers if r]
         if refused:
             self.pins.abandon(pins)
             log.error("reload of %s refused by %s", self.path, "; ".join(refused))
@@ -240,6 +293,9 @@ class Supervisor:
             log.warning("workers = %d takes effect at the next start", cfg.workers)
         self.pins.commit(pins)
         self.cfg, self.data = dataclasses.replace(cfg, log_format=self.cfg.log_format), data
+        self.generation += 1
+        for w, _ in answers:
+            w.generation = self.generation
         log.info("reloaded %s", self.path)
         return None
 

@@ -38,6 +38,10 @@ class WorkerProc:
         #: started and not yet seen exiting: calls may be made
         self.ready = False
         self.last: dict[str, Any] | None = None
+        #: the supervisor's config generation this worker runs (``Supervisor.generation``)
+        self.generation = 0
+        #: its last run ended as a requested stop should (or was not asked to stop)
+        self.clean = True
         #: the outcome of the first start: None, or why it failed
         self.first: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 

@@ -1,21 +1,25 @@
 """Loopback peers for the record/replay tests: an origin, a gateway, a proxy client.
 
 - ``Origin``: an HTTP(S) server in threads: ``/bytes/N``, ``/chunked/N``, ``/close/N``
-  (N known bytes so framed), ``/slow/N``, ``/echo``; it counts requests. ``stop`` closes
+  (N known bytes so framed), ``/slow/N``, ``/echo`` (and ``/slowecho``, the same
+  0.5 s late); it counts requests. ``stop`` closes
   the listener and every open connection: after it the origin is truly gone.
 - ``Gateway``: ``splice.exchange.serve_forward_socket`` behind a uvloop listener in a
   thread, handed sockets the way the engine does (first head already read). Its policy
   gate maps every host to 127.0.0.1, refuses ``denied.test`` and counts dials.
 - ``put``: an entry written straight into a ``Store``, for the index and CLI tests.
+- ``full_writer``: a ``BlobWriter`` on a disk that fills up (ENOSPC), no real disk needed.
 - ``python store_peers.py gateway SETTINGS_JSON``: a gateway as a process (crash test).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import http.client
 import json
+import os
 import random
 import socket
 import ssl
@@ -31,6 +35,7 @@ import uvloop
 
 from splice.errors import RouteError
 from splice.exchange import serve_forward_socket
+from splice.store.blobs import BlobWriter
 from splice.store.index import Entry
 from splice.store.runtime import StoreRuntime
 from splice.store.settings import parse_store_section
@@ -65,7 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         self.server.origin.hits[self.path] += 1
         kind, _, arg = self.path.partition("?")[0].lstrip("/").partition("/")
-        if kind == "echo":
+        if kind in ("echo", "slowecho"):
+            if kind == "slowecho":
+                time.sleep(0.5)
             doc = {
                 "method": self.command,
                 "path": self.path,
@@ -161,6 +168,8 @@ class Gateway:
         self.users: dict[str, str] | None = None
         #: each request head must come whole in this long (408 HEAD_TIMEOUT)
         self.head_timeout = 10.0
+        #: every other wait, a send's included (the listener's idle_timeout)
+        self.idle_timeout = WAIT
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -201,7 +210,7 @@ class Gateway:
             name_gate=self.name_gate,
             client_ip=client_ip,
             users=self.users,
-            idle_timeout=WAIT,
+            idle_timeout=self.idle_timeout,
             head_timeout=self.head_timeout,
         )
 
@@ -244,6 +253,46 @@ def put(store: Store, key: str, body: bytes, url: str = "http://a/") -> Entry:
     )
     store.commit(w, e)
     return e
+
+
+class FullFile:
+    """A blob's temp file on a disk that fills up: writes past ``room`` bytes fail with
+    ENOSPC, as does any flush after that or (``at_flush``) every flush, as with a
+    buffered file on a full disk; ``close`` still closes the real file after it."""
+
+    def __init__(self, real: Any, room: int, *, at_flush: bool = False) -> None:
+        self.real = real
+        self.room = room
+        self.full = at_flush
+
+    def write(self, data: bytes | memoryview) -> int:
+        if len(data) > self.room:
+            self.full = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        self.full = self.full or self.room == 0
+        return int(self.real.write(data))
+
+    def flush(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.real.flush()
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.real.close()
+
+
+def full_writer(w: BlobWriter, room: int, *, at_flush: bool = False) -> BlobWriter:
+    """``w`` writing to a disk with ``room`` bytes left (or, ``at_flush``, failing when
+    its buffer is flushed: at ``finish``)."""
+    w._file = FullFile(w._file, room, at_flush=at_flush)  # type: ignore[assignment]
+    return w
 
 
 def proxy_get(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +105,15 @@ def splice(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
         check=False,
         cwd=cwd,
     )
+
+
+def test_a_config_file_that_is_not_utf_8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "splice.toml"
+    path.write_bytes(b"\xff\xfe" + GOOD_CONFIG.encode())
+    for command in ("check", "serve"):
+        out = splice(command, "-c", str(path))
+        assert out.returncode == 1, (command, out.stderr)
+        assert f"{path} is not valid TOML" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_check_prints_ok_and_the_route_table(tmp_path: Path) -> None:
@@ -243,3 +254,31 @@ def test_the_route_table_shows_tls_ports_only_with_a_tls_listener(tmp_path: Path
     )
     out = splice("check", "-c", str(path))
     assert "  alpha.srv.example.io -> 10.0.0.1:8080   tls: 8443   ports: any" in out.stdout
+
+
+def test_routes_against_a_listener_that_does_not_speak_http_is_one_clear_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+
+        def banner() -> None:  # an SSH server, say: a greeting, then it hangs up
+            srv.settimeout(RUN_TIMEOUT)
+            with contextlib.suppress(OSError):
+                conn, _ = srv.accept()
+                with conn:
+                    conn.recv(1000)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+        t = threading.Thread(target=banner, daemon=True)
+        t.start()
+        r = splice("routes", "--admin", f"127.0.0.1:{port}")
+        t.join(RUN_TIMEOUT)
+    assert r.returncode == 1
+    assert r.stderr.startswith("splice: ") and r.stderr.count("\n") == 1, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "HTTP" in r.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_demo_with_a_port_out_of_range_is_one_clear_line(port: str) -> None:
+    r = splice("demo", "--port", port)
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.startswith(f"splice: demo --port {port}: ") and r.stderr.count("\n") == 1

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from hardening_peers import (
     DOMAIN,
+    WAIT,
     Client,
     Fleet,
     config,
@@ -29,6 +30,7 @@ from hardening_peers import (
     shed_at,
     wait_until,
 )
+from ops_support import ShedServerThread
 from upstreams import BulkServer, EchoApp, WsClient, get, post, random_body
 
 ALPHA = f"alpha.{DOMAIN}"
@@ -214,6 +216,15 @@ def test_a_config_that_does_not_load_is_refused_and_the_running_one_stays(
             ),
             "in use",
         ),
+        # it was taken, then failed half-way: a new listener bound and gamma routed
+        "a shed-server URL with no usable port": (
+            config(
+                {"gamma": shed_at(gamma)},
+                listen=[{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0"}],
+                resolver={"shed_server": "http://127.0.0.1:99999"},
+            ),
+            "resolver.shed_server",
+        ),
     }
     for what, (cfg, needle) in bad.items():
         line = s.reload(cfg)
@@ -225,6 +236,25 @@ def test_a_config_that_does_not_load_is_refused_and_the_running_one_stays(
     assert "reloaded" in line, line
     assert _status(s.port, f"gamma.{DOMAIN}") == (200, "gamma")
     assert len(s.addresses) == 1 and _status(s.port, ALPHA) == (200, "alpha")
+
+
+def test_a_reload_while_a_shed_lookup_is_in_flight_still_answers_it(fleet: Fleet) -> None:
+    """A reload used to cancel the replaced resolvers' lookups in flight: the client
+    waiting on one got nothing until ``idle_timeout``. The lookup now lands first."""
+    alpha = fleet.keep(EchoApp("alpha"))
+    fake = fleet.keep(ShedServerThread())
+    fake.add_shed("alpha", "127.0.0.1")
+    fake.fake.delay = 1.0
+    cfg = config({}, default_port=alpha.port, resolver={"chain": ["shed-api"],
+                                                        "shed_server": fake.url})  # fmt: skip
+    s = fleet.start(cfg)
+    got: list[tuple[int, str]] = []
+    asking = threading.Thread(target=lambda: got.append(_status(s.port, ALPHA)))
+    asking.start()
+    time.sleep(0.3)  # the lookup is on its way to the shed-server
+    assert "reloaded" in s.reload(cfg)
+    asking.join(WAIT)
+    assert got == [(200, "alpha")]
 
 
 def test_a_reload_that_changes_the_domains_reads_every_host_again(fleet: Fleet) -> None:

@@ -22,7 +22,7 @@ from upstreams import EchoApp, RawClient, get, post, shed, unused_port
 
 from splice import __version__
 from splice.build import build
-from splice.exposition import merge, render
+from splice.exposition import merge, render, retire
 from splice.metrics import BUCKETS, MAX_SHED_SERIES, Metrics
 
 
@@ -65,6 +65,30 @@ def test_merge_caps_the_union_of_per_shed_series() -> None:
     assert sum(m["shed_conns"].values()) == 2 * half + 5
     assert set(m["shed_up"]) == set(m["shed_conns"]) == set(m["shed_down"])
     assert sum(m["shed_down"].values()) == 100 * (2 * half + 5)
+
+
+def test_retire_zeroes_every_gauge_and_keeps_every_counter() -> None:
+    """A dead worker's last snapshot stays in a supervisor's sums: its counts, not its levels."""
+    snap = sample_metrics(["alpha"]).snapshot(3, {"hits": 2, "misses": 1, "stale": 0})
+    snap["upstream_pool"] = {"idle": 4, "reused": 5, "evicted": 1, "stale": 1}
+    snap["gc"] = {"collections": [3, 2, 1], "collected": [9, 8, 7], "seconds": [0.1] * 3}
+    snap["gc"]["frozen"] = 40000
+    kept = retire(snap)
+    assert snap["active"] == 3 and snap["gc"]["frozen"] == 40000  # the original is left alone
+    live = {f.name: f for f in text_string_to_metric_families(render(snap).decode())}
+    dead = {f.name: f for f in text_string_to_metric_families(render(kept).decode())}
+    gauges = [n for n, f in live.items() if f.type == "gauge" and n != "splice_build_info"]
+    assert sorted(gauges) == [
+        "splice_connections_active",
+        "splice_gc_frozen_objects",
+        "splice_upstream_idle",
+    ]
+    for name, fam in live.items():
+        values = [x.value for x in dead[name].samples]
+        if name in gauges:
+            assert [x.value for x in fam.samples] != values == [0.0] * len(values), name
+        else:
+            assert [x.value for x in fam.samples] == values, name
 
 
 def families(text: str) -> dict[str, Any]:

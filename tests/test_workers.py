@@ -273,3 +273,66 @@ def test_without_a_workers_key_there_is_one_worker_per_core(start: Start, alpha:
     assert "workers" not in s.config_path.read_text()
     assert len(children(s.pid)) == (cores if cores > 1 else 0)
     assert fetch(s.port, "alpha.test") == 200
+
+
+def kill_worker_0(s: OpsSplice) -> None:
+    """SIGKILL worker 0 (a child of the supervisor this test started); wait for the notice."""
+    victim = worker_pids(s)["0"]
+    assert victim in children(s.pid)
+    os.kill(victim, signal.SIGKILL)
+    s.wait_log("worker 0 exited")
+
+
+def test_a_reload_while_a_worker_restarts_reaches_that_worker_too(
+    start: Start, alpha: EchoApp, make_app: Callable[..., EchoApp]
+) -> None:
+    beta = make_app("beta")
+    s = start(config({"alpha": shed(alpha)}))
+    kill_worker_0(s)
+    time.sleep(0.15)  # past the first backoff (0.1 s): worker 0 is starting, on the old config
+    s.write(config({"alpha": shed(alpha), "beta": shed(beta)}))
+    assert s.admin("/reload", "POST") == (200, "reloaded\n")
+    wait_until(lambda: len(worker_pids(s)) == 2)
+    # both workers serve beta: the restarted one was brought to the new config
+    assert [fetch(s.port, "beta.test") for _ in range(SPREAD)] == [200] * SPREAD
+    kill_worker_0(s)  # and a restart after the reload starts on the new config
+    wait_until(lambda: len(worker_pids(s)) == 2)
+    assert [fetch(s.port, "beta.test") for _ in range(SPREAD)] == [200] * SPREAD
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.25])
+def test_a_stop_while_a_worker_is_down_or_starting_exits_0(
+    tmp_path: Path, alpha: EchoApp, delay: float
+) -> None:
+    s = OpsSplice(config({"alpha": shed(alpha)}), tmp_path)
+    try:
+        workers = children(s.pid)
+        kill_worker_0(s)
+        time.sleep(delay)  # 0: waiting for its restart; 0.25: starting again
+        assert s.stop() == 0, s.stderr
+        assert not [pid for pid in workers + children(s.pid) if alive(pid)]
+        assert " ERROR " not in s.stderr and "Traceback" not in s.stderr, s.stderr
+    finally:
+        s.stop()
+
+
+def test_a_dead_workers_gauges_leave_the_sums_its_counters_stay(
+    start: Start, alpha: EchoApp
+) -> None:
+    s = start(config({"alpha": shed(alpha)}, upstream_keepalive_timeout=60.0))
+    for _ in range(SPREAD):
+        assert fetch(s.port, "alpha.test") == 200
+    wait_until(lambda: value(s.scrape(), "splice_connections_closed_total", outcome="OK") == SPREAD)
+    before = s.scrape()
+    survivor = worker_pids(s)["1"]
+    kill_worker_0(s)
+    wait_until(lambda: len(worker_pids(s)) == 2)
+    after = s.scrape()
+    # frozen objects: two live workers' worth, not the dead one's on top (about 3 x)
+    frozen = value(after, "splice_gc_frozen_objects")
+    assert frozen < 1.25 * value(before, "splice_gc_frozen_objects"), (before, after)
+    # idle VM connections: at most what the survivor holds (the new worker has none)
+    idle = value(after, "splice_upstream_idle")
+    assert idle <= value(before, "splice_upstream_idle") and worker_pids(s)["1"] == survivor
+    assert value(after, "splice_connections_active") == 0
+    assert value(after, "splice_connections_accepted_total") == SPREAD  # counters stay

@@ -103,10 +103,14 @@ class ResolverChain:
         """Cached answers for /routes: (shed, Endpoint or error code, age in seconds)."""
         return self._cache.entries()
 
-    async def close(self) -> None:
+    async def close(self, *, finish: bool = False) -> None:
+        """Close the resolvers. Lookups in flight are cancelled, or with ``finish`` (a
+        chain a reload replaced) first let land: connections waiting on them get their
+        answer from the config they arrived under."""
         flights = list(self._flights.values())
-        for t in flights:
-            t.cancel()
+        if not finish:
+            for t in flights:
+                t.cancel()
         await asyncio.gather(*flights, return_exceptions=True)
         for r in self.resolvers:
             await r.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import re
 import shutil
 import tarfile
@@ -26,6 +27,9 @@ ARCHIVE_VERSION = 1
 _KEY = re.compile(r"[0-9a-f]{64}")
 #: copy size from the tar into a blob writer
 _CHUNK = 1024 * 1024
+#: the times an entry may carry (seconds since the epoch): 1970 to the end of year 9999,
+#: what a ``datetime`` (``store ls``) can show
+LATEST = 253402300799.0
 
 
 class ArchiveError(Exception):
@@ -63,7 +67,7 @@ def import_store(store: Store, path: str) -> tuple[int, list[str]]:
         entries = _read_index(tar, members.get("index.json"))
         imported, refused = 0, []
         for e in entries:
-            problem = _import_one(store, tar, members.get(f"blobs/{e.blob}"), e)
+            problem = _bad_field(e) or _import_one(store, tar, members.get(f"blobs/{e.blob}"), e)
             if problem is None:
                 imported += 1
             else:
@@ -91,6 +95,24 @@ def _entry(d: Any) -> Entry:
     if not isinstance(e.status, int) or not isinstance(e.request, dict):
         raise TypeError(f"bad status or request in {e.key!r}")
     return dataclasses.replace(e, used_at=time.time())
+
+
+def _bad_field(e: Entry) -> str | None:
+    """What is wrong with a field a hand-made archive may get wrong (``export`` never
+    does): stored, a time past year 9999 made every ``store ls`` fail."""
+    if not _is_number(e.recorded_at) or not 0 <= e.recorded_at <= LATEST:
+        return f"recorded_at {e.recorded_at!r} is not a time"
+    if type(e.status) is not int or not 100 <= e.status <= 999:
+        return f"status {e.status!r} is not an HTTP status"
+    if type(e.size) is not int or e.size < 0:
+        return f"size {e.size!r} is not a size"
+    if not all(isinstance(v, str) for v in (e.method, e.url, e.reason)):
+        return "method, url and reason must be strings"
+    return None
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _import_one(

@@ -119,6 +119,7 @@ class BlobWriter:
         return self._file is None and not self.sha256
 
     def write(self, data: bytes | memoryview) -> None:
+        """Raises OSError (ENOSPC...) once, the writer aborted: later writes are ignored."""
         if self._file is None:
             return
         self.size += len(data)
@@ -126,7 +127,11 @@ class BlobWriter:
             self.abort()
             return
         self._hash.update(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError:
+            self.abort(force=True)  # a full disk, say: no ``.part`` file may stay behind
+            raise
 
     def finish(self) -> str:
         """Flush and fsync (blocking: run it off the event loop); the SHA-256."""
@@ -154,6 +159,7 @@ class BlobWriter:
             return
         f, self._file = self._file, None
         if f is not None:
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes: ENOSPC again, say
+                f.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()

@@ -20,7 +20,7 @@ from typing import IO
 import h11
 
 from splice.errors import BackendError, ProtocolError
-from splice.store.h11io import READ_SIZE, HttpStream
+from splice.store.h11io import READ_SIZE, Event, HttpStream
 
 #: request bodies up to this stay in memory; bigger ones spill to a temp file
 SPOOL_MEMORY = 1024 * 1024
@@ -167,7 +167,7 @@ class Upstreams:
             raise BackendError(f"TLS with {inc.host}:{inc.port} failed: {e.reason}") from None
         except OSError as e:
             raise BackendError(f"{inc.host}:{inc.port}: {e.strerror or e}") from None
-        return HttpStream(reader, writer, h11.CLIENT)
+        return HttpStream(reader, writer, h11.CLIENT, self.timeout)
 
     async def _exchange(self, up: HttpStream, inc: Incoming) -> h11.Response:
         inc.body.seek(0)
@@ -176,7 +176,7 @@ class Upstreams:
             await up.send(h11.Data(data=chunk))
         await up.send(h11.EndOfMessage())
         for _ in range(100):  # 1xx responses before the final one; 100 is already absurd
-            event = await up.next_event(self.timeout)
+            event = await upstream_event(up, self.timeout)
             if isinstance(event, h11.Response):
                 return event
             if not isinstance(event, h11.InformationalResponse):
@@ -184,10 +184,19 @@ class Upstreams:
         raise BackendError(f"{inc.host}:{inc.port} sent too many interim responses")
 
 
+async def upstream_event(up: HttpStream, timeout: float) -> Event:
+    """The origin's next event. Its protocol errors are the origin's (502 BackendError),
+    never the client's: h11 calls them remote, as it does a client's bad request."""
+    try:
+        return await up.next_event(timeout)
+    except h11.RemoteProtocolError as e:
+        raise BackendError(f"the origin's answer is not valid HTTP/1.1: {e}") from None
+
+
 async def response_body(up: HttpStream, timeout: float) -> AsyncIterator[bytes]:
     """The response body's bytes as they arrive (de-chunked); raises if it is cut short."""
     while True:
-        event = await up.next_event(timeout)
+        event = await upstream_event(up, timeout)
         if isinstance(event, h11.EndOfMessage):
             return
         if not isinstance(event, h11.Data):

@@ -2,7 +2,9 @@
 
 The client side is an ``h11.SERVER`` connection, the upstream side an ``h11.CLIENT``.
 Every read waits at most ``timeout`` seconds (TimeoutError), every send drains, so a
-slow peer holds back the other instead of growing a buffer. A request head has a
+slow peer holds back the other instead of growing a buffer; a drain waits at most the
+stream's ``timeout`` (TimeoutError), so a peer that stops reading cannot hold the
+connection, its task, a replay's pin or a recording's waiters for ever. A request head has a
 deadline for the whole of it (``next_head``): a per-read timeout alone would let a
 client that sends one byte at a time hold the connection for ever.
 """
@@ -32,9 +34,12 @@ class HttpStream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         role: type[h11.CLIENT] | type[h11.SERVER],
+        timeout: float = 600.0,
     ) -> None:
         self.reader = reader
         self.writer = writer
+        #: the longest a send waits for the peer to take its bytes (the idle timeout)
+        self.timeout = timeout
         self.conn = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
 
     def feed(self, data: bytes) -> None:
@@ -85,12 +90,21 @@ class HttpStream:
         data = self.conn.send(event)
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            await self._drain()
 
     async def send_all(self, events: list[Any]) -> None:
         """Several events in one write (a whole small response: one send, one packet)."""
         self.writer.write(b"".join(self.conn.send(e) or b"" for e in events))
-        await self.writer.drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the peer to take the bytes, at most ``timeout`` (TimeoutError).
+
+        ``asyncio.timeout``, not ``wait_for``: a drain with room to spare must return
+        without yielding to the loop, or a client's ClientHello sent right after our
+        ``200 Connection established`` is read as plain data before ``start_tls``."""
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
 
     @property
     def can_respond(self) -> bool:

@@ -8,7 +8,9 @@ started there finishes even when the connection is cancelled, so no file or pin 
 The exception is the common case, a hit on a small body: ``Store.peek`` serves it on the
 loop's thread (a read-only connection that never waits; a thread hop cost more than
 the lookup), and its LRU stamp goes to the pool with others once a second.
-``flights`` is the single-flight table: key -> the recording in progress.
+``flights`` is the single-flight table: (key, credentials) -> the recording in progress,
+whose result is the entry it stored (None: nothing). The key leaves out Authorization
+and Cookie, so only requests that bear the same ones may share a recording.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from splice.store.index import Entry
 from splice.store.settings import StoreSettings
 from splice.store.store import Replay, Store
 
+#: a request's Authorization and Cookie fields (lower-case names), in order
+Credentials = tuple[tuple[bytes, bytes], ...]
 #: store threads: a long fsync of one recording must not hold up replays (the
 #: Store's lock serialises index work; fsyncs run side by side)
 POOL = 4
@@ -57,7 +61,7 @@ class StoreRuntime:
         self.store = store
         self.ca = ca
         self.upstream_tls = upstream_tls or upstream_context()
-        self.flights: dict[str, asyncio.Future[None]] = {}
+        self.flights: dict[tuple[str, Credentials], asyncio.Future[Entry | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=POOL, thread_name_prefix="splice-store")
         #: LRU stamps of hits served by ``peek``, handed to the pool every TOUCH_EVERY s
         self._stamps: dict[str, float] = {}

@@ -11,6 +11,8 @@ until the entry commits, so a client holding the whole response can replay it at
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,16 +27,18 @@ from splice.store.fetch import Incoming, Upstreams, end_to_end, response_body
 from splice.store.h11io import READ_SIZE, HttpStream
 from splice.store.index import Entry
 from splice.store.keys import key_material, key_of
-from splice.store.runtime import StoreRuntime
+from splice.store.runtime import Credentials, StoreRuntime
 
 #: (host, port, client_ip, user) -> the address to dial; raises SpliceError
 AddressGate = Callable[[str, int, str, str | None], Awaitable[str]]
 #: (host, port, client_ip, user) -> None; the name-level policy only (no DNS, no dial)
 NameGate = Callable[[str, int, str, str | None], None]
 Fields = list[tuple[bytes, bytes]]
-#: answers to Range / If-None-Match style requests: they depend on fields the key
-#: usually leaves out, and replayed to a plain GET they would break the client
-UNRECORDED = frozenset({206, 304})
+log = logging.getLogger("splice.store")
+#: answers to Range / If-None-Match / If-Match style requests (206, 304, 412, 416): they
+#: depend on fields the key usually leaves out; replayed to a plain GET they would break
+#: the client, and stored they would replace the full answer recorded before
+UNRECORDED = frozenset({206, 304, 412, 416})
 
 
 @dataclass(slots=True)
@@ -67,7 +71,7 @@ class Client:
         """The response head, during a recording (which outlives the client)."""
         try:
             await self.stream.send(head)
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # hung up, or stopped reading
             self.gone = True
 
     async def deliver(self, data: bytes, *, recording: bool) -> None:
@@ -76,10 +80,10 @@ class Client:
             return
         try:
             await self.stream.send(h11.Data(data=data))
-        except (ConnectionError, h11.LocalProtocolError):
+        except (ConnectionError, TimeoutError, h11.LocalProtocolError):
             if not recording:
                 raise
-            self.gone = True
+            self.gone = True  # stopped reading for ``timeout``: as good as gone
 
 
 def has_body(method: str, status: int) -> bool:
@@ -117,10 +121,14 @@ def replay_fields(e: Entry, method: str) -> Fields:
     return fields
 
 
-async def replay(cx: Client, inc: Incoming, key: str) -> bool:
-    """Serve ``key`` from the store if it is there (pinned while it streams)."""
+async def replay(cx: Client, inc: Incoming, key: str, only: Entry | None = None) -> bool:
+    """Serve ``key`` from the store if it is there (pinned while it streams); with
+    ``only``, if what is there is that recording (the same ``recorded_at``)."""
     rep = await cx.rt.open_replay(key)
     if rep is None:
+        return False
+    if only is not None and rep.entry.recorded_at != only.recorded_at:
+        cx.rt.close_replay(rep)
         return False
     try:
         e = rep.entry
@@ -143,35 +151,65 @@ async def replay(cx: Client, inc: Incoming, key: str) -> bool:
     return True
 
 
+#: fields that make an answer one user's: requests merged into one recording must
+#: bear the same ones (the key leaves them out; Proxy-Authorization never goes upstream)
+CREDENTIAL_FIELDS = frozenset({b"authorization", b"cookie"})
+
+
+def credentials(inc: Incoming) -> Credentials:
+    """The request's credential-bearing fields, byte for byte and in order."""
+    return tuple((n.lower(), v) for n, v in inc.headers if n.lower() in CREDENTIAL_FIELDS)
+
+
 async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) -> str:
-    """Fetch and record, once per key at a time; latecomers replay the recording."""
+    """Fetch and record, once per key and credentials at a time; latecomers with the
+    same credentials replay that recording (only that one: an entry another user's
+    recording stored meanwhile is not theirs). A latecomer waits at most ``timeout``
+    (a stalled leader must not hold every identical request), then fetches on its own
+    without recording."""
     flights = cx.rt.flights
+    ident = (key, credentials(inc))
     for _ in range(2):  # a failed leader leaves nothing to replay: then lead, once
-        flight = flights.get(key)
+        flight = flights.get(ident)
         if flight is None:
             break
-        await asyncio.shield(flight)
-        if await replay(cx, inc, key):
+        try:
+            stored = await asyncio.wait_for(asyncio.shield(flight), cx.timeout)
+        except TimeoutError:
+            return await forward(cx, inc, None)
+        if stored is None:
+            continue
+        if await replay(cx, inc, key, stored):
             return "HIT"
-    done = asyncio.get_running_loop().create_future()
-    flights[key] = done
+        return await forward(cx, inc, None)  # replaced or evicted meanwhile
+    done: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+    flights[ident] = done
+    stored = None
     try:
-        return await forward(cx, inc, (key, material))
+        outcome, stored = await _forward(cx, inc, (key, material))
+        return outcome
     finally:
-        if flights.get(key) is done:
-            del flights[key]
-        done.set_result(None)
+        if flights.get(ident) is done:
+            del flights[ident]
+        done.set_result(stored)
 
 
 async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | None) -> str:
     """Dial (after the policy), relay the response, and record it when ``rec`` is given
     (and its status is one worth keeping): RECORDED or FORWARDED."""
+    return (await _forward(cx, inc, rec))[0]
+
+
+async def _forward(
+    cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | None
+) -> tuple[str, Entry | None]:
+    """``forward``, and the entry stored (None: nothing was)."""
     addr = await cx.policy_gate(inc.host, inc.port, cx.client_ip, cx.user)
     up, resp = await cx.upstreams.fetch(inc, addr)
     keep = rec is not None and resp.status_code not in UNRECORDED
     writer = cx.rt.store.writer() if keep else None
     try:
-        await _relay(cx, inc, up, resp, writer, rec)
+        stored = await _relay(cx, inc, up, resp, writer, rec)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -181,7 +219,7 @@ async def forward(cx: Client, inc: Incoming, rec: tuple[str, dict[str, Any]] | N
         await up.close()
         raise ConnectionResetError("the client went away during the recording")
     await cx.upstreams.release(up, inc, addr)
-    return "RECORDED" if keep else "FORWARDED"
+    return ("RECORDED" if stored else "FORWARDED"), stored
 
 
 async def _relay(
@@ -191,9 +229,11 @@ async def _relay(
     resp: h11.Response,
     writer: BlobWriter | None,
     rec: tuple[str, dict[str, Any]] | None,
-) -> None:
+) -> Entry | None:
     """Relay the response; when recording, the head waits for the first body byte and
-    the last chunk for the commit, so a client that has it all finds it stored."""
+    the last chunk for the commit, so a client that has it all finds it stored. The
+    entry stored, if any: a store that fails (a full disk) ends the recording, never
+    the relay."""
     fields = end_to_end(list(resp.headers.raw_items()))
     head = h11.Response(status_code=resp.status_code, headers=fields, reason=resp.reason)
     recording = writer is not None
@@ -202,20 +242,40 @@ async def _relay(
     pending = b""
     async for chunk in response_body(up, cx.timeout):
         if writer is not None:
-            writer.write(chunk)
+            try:
+                writer.write(chunk)
+            except OSError as e:  # the writer aborted itself: relay on, unrecorded
+                _stopped(writer, e)
+                writer = None
+        if cx.gone and writer is None:  # nothing to record for, no one to relay to
+            raise ConnectionResetError("the client went away")
         if pending:
-            await cx.deliver(pending, recording=recording)
+            await cx.deliver(pending, recording=writer is not None)
         elif recording and cx.stream.conn.our_state is h11.SEND_RESPONSE:
             await cx.deliver_head(head)
         pending = chunk
+    stored = None
     if writer is not None and rec is not None and not writer.failed:
-        await cx.rt.commit(writer, _entry(inc, resp, fields, *rec))
+        entry = _entry(inc, resp, fields, *rec)
+        try:
+            await cx.rt.commit(writer, entry)
+            stored = entry
+        except (OSError, sqlite3.Error) as e:  # the commit job aborted the writer
+            _stopped(writer, e)
     if cx.stream.conn.our_state is h11.SEND_RESPONSE:
         await cx.deliver_head(head)
     if pending:
         await cx.deliver(pending, recording=recording)
     if not cx.gone:
         await cx.stream.send(h11.EndOfMessage())
+    return stored
+
+
+def _stopped(writer: BlobWriter, err: Exception) -> None:
+    """One warning for a recording the store could not keep: the client is not told
+    (it gets the origin's whole answer), so the log is where a full disk shows."""
+    why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    log.warning("recording stopped, nothing stored: %s: %s", writer.tmp, why)
 
 
 def _entry(

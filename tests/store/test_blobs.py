@@ -6,6 +6,7 @@ process is gone, and never while it is alive.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from store_peers import full_writer
 
 from splice.store.blobs import BlobStore
 
@@ -84,3 +86,37 @@ def test_a_corrupted_blob_rehashes_differently(tmp_path: Path) -> None:
 def test_bad_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         BlobStore(tmp_path).path("../../etc/passwd")
+
+
+def test_a_full_disk_fails_the_write_and_removes_the_temp_file(tmp_path: Path) -> None:
+    """ENOSPC from a write reaches the caller once; the ``.part`` file is gone then, and
+    an abort after it (which closes, and so flushes, again) does not raise."""
+    store = BlobStore(tmp_path)
+    w = full_writer(store.writer(), room=10)
+    w.write(b"12345")
+    with pytest.raises(OSError) as err:
+        w.write(b"x" * 100)
+    assert err.value.errno == errno.ENOSPC
+    assert w.failed and list(store.tmp.iterdir()) == []
+    w.write(b"more")  # ignored, as past the limit
+    w.abort()
+    w.abort(force=True)
+
+
+def test_an_abort_on_a_full_disk_removes_the_temp_file(tmp_path: Path) -> None:
+    """Closing flushes what is buffered, which fails again on a full disk: the abort
+    must still remove the ``.part`` file, and not raise."""
+    store = BlobStore(tmp_path)
+    w = full_writer(store.writer(), room=50)
+    w.write(b"x" * 50)  # buffered; the disk is full now
+    w.abort()
+    assert w.failed and list(store.tmp.iterdir()) == []
+
+
+def test_a_full_disk_at_finish_leaves_no_temp_file_after_abort(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    w = full_writer(store.writer(), room=10**9, at_flush=True)
+    with pytest.raises(OSError):
+        w.finish()
+    w.abort(force=True)
+    assert list(store.tmp.iterdir()) == []

@@ -8,7 +8,11 @@ proved to need no network; the gateway's dial counter must stay at zero in ``rep
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import http.client
+import json
+import logging
 import socket
 import threading
 import time
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_peers import BLOCK, WAIT, Gateway, Origin, body_sha, proxy_get
+from store_peers import BLOCK, WAIT, Gateway, Origin, body_sha, full_writer, proxy_get
 
 from splice.egress.passwords import hash_password
 from splice.store.store import Store
@@ -253,8 +257,10 @@ def test_connect_without_interception_is_spliced(origin: Origin, gateway: MakeGa
 def test_partial_and_not_modified_answers_are_not_recorded(
     origin: Origin, gateway: MakeGateway, tmp_path: Path
 ) -> None:
+    """206, 304, 412 and 416 answer fields the key leaves out (Range, If-*): stored, one
+    would replace the full answer recorded for the same key before."""
     gw = gateway("record")
-    for code in (206, 304):
+    for code in (206, 304, 412, 416):
         assert proxy_get(gw.port, f"http://127.0.0.1:{origin.port}/status/{code}")[0] == code
     assert proxy_get(gw.port, f"http://127.0.0.1:{origin.port}/status/201")[0] == 201
     assert _entries(tmp_path) == 1
@@ -287,3 +293,183 @@ def test_proxy_authentication(origin: Origin, gateway: MakeGateway) -> None:
     assert proxy_get(gw.port, url, **{"Proxy-Authorization": wrong})[0] == 407
     right = "Basic " + base64.b64encode(b"builder:s3cret").decode()
     assert proxy_get(gw.port, url, **{"Proxy-Authorization": right})[0] == 200
+
+
+@pytest.mark.parametrize("at_flush", [False, True])  # a write fails; the commit's flush fails
+def test_a_full_disk_stops_the_recording_not_the_download(
+    origin: Origin,
+    gateway: MakeGateway,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    at_flush: bool,
+) -> None:
+    """ENOSPC while recording (in a write, or in the commit's flush): the client still
+    gets the whole body from the origin; nothing is stored, no ``.part`` file stays, and
+    one warning names the file."""
+    gw = gateway("record")
+    store = gw.runtime.store
+    make = store.writer
+    store.writer = lambda: full_writer(make(), 10**9 if at_flush else 100_000, at_flush=at_flush)  # type: ignore[method-assign]
+    url = f"http://127.0.0.1:{origin.port}/bytes/2000000"
+    with caplog.at_level(logging.WARNING, logger="splice"):
+        status, _, body = proxy_get(gw.port, url)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == body_sha(2_000_000)
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+    assert _entries(tmp_path) == 0
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and ".part" in warned[0].getMessage(), warned
+    store.writer = make  # type: ignore[method-assign]
+    assert proxy_get(gw.port, url)[0] == 200 and _entries(tmp_path) == 1  # recording again
+
+
+def _stall(port: int, url: str) -> socket.socket:
+    """A client that sends its request and then reads nothing (a tiny receive buffer)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(WAIT)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url.encode())
+    return s
+
+
+def _drained_to_eof(s: socket.socket) -> int:
+    """Read until the gateway closes (TimeoutError if it never does); the bytes read."""
+    total = 0
+    for _ in range(100_000):
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return total
+        total += len(chunk)
+    raise AssertionError("no end")
+
+
+def test_a_client_that_stops_reading_holds_no_one_up(origin: Origin, gateway: MakeGateway) -> None:
+    """A recording whose client reads nothing: a send waits at most the idle timeout,
+    then the recording goes on without it (and the connection closes); an identical
+    request meanwhile does not wait behind it for longer than that either."""
+    url = f"http://127.0.0.1:{origin.port}/bytes/{32 << 20}"
+    gw = gateway("record")
+    gw.idle_timeout = 1.0
+    with _stall(gw.port, url) as stalled:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        status, _, body = proxy_get(gw.port, url)
+        assert status == 200 and len(body) == 32 << 20, len(body)
+        assert time.monotonic() - t0 < WAIT / 2
+        assert _drained_to_eof(stalled) < 32 << 20  # given up on, and closed
+
+
+def test_a_replay_client_that_stops_reading_releases_its_pin(
+    origin: Origin, gateway: MakeGateway, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{origin.port}/bytes/{32 << 20}"
+    assert proxy_get(gateway("record").port, url)[0] == 200
+    gw = gateway("replay")
+    gw.idle_timeout = 1.0
+    with _stall(gw.port, url) as stalled:
+        store = Store(tmp_path / "store", 1 << 40)
+        try:
+            for _ in range(100):  # the pin is taken once the replay starts
+                pins = store.index.db.execute("SELECT count(*) FROM pins").fetchone()[0]
+                if pins:
+                    break
+                time.sleep(0.05)
+            assert pins == 1
+            time.sleep(2.0)  # twice the idle timeout, reading nothing
+            assert _drained_to_eof(stalled) < 32 << 20  # given up on, and closed
+            for _ in range(100):  # the unpin is queued to a store thread
+                pins = store.index.db.execute("SELECT count(*) FROM pins").fetchone()[0]
+                if not pins:
+                    break
+                time.sleep(0.05)
+            assert pins == 0
+        finally:
+            store.close()
+
+
+def test_concurrent_requests_with_other_credentials_are_not_merged(
+    origin: Origin, gateway: MakeGateway
+) -> None:
+    """The key leaves out Authorization and Cookie: a request waiting on another's
+    recording must have the same ones, or it would be handed another user's answer."""
+    url = f"http://127.0.0.1:{origin.port}/slowecho"
+    gw = gateway("record")
+    creds = [{"Authorization": "Bearer alice"}, {"Authorization": "Bearer bob"},
+             {"Cookie": "session=carol"}, {"Cookie": "session=carol"}]  # fmt: skip
+    seen: dict[int, dict[str, str]] = {}
+
+    def get(i: int) -> None:
+        status, _, body = proxy_get(gw.port, url, **creds[i])
+        assert status == 200
+        seen[i] = dict(json.loads(body)["headers"])
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(len(creds))]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # the first leads; the others come while it is fetching
+    for t in threads:
+        t.join(WAIT)
+    assert seen[0].get("Authorization") == "Bearer alice" and "Cookie" not in seen[0]
+    assert seen[1].get("Authorization") == "Bearer bob"
+    assert seen[2].get("Cookie") == seen[3].get("Cookie") == "session=carol"
+    assert "Authorization" not in seen[2] and "Authorization" not in seen[3]
+    assert origin.hits["/slowecho"] == 3  # carol's two were merged
+
+
+class RawOrigin:
+    """An origin that answers every request with ``reply`` (bytes as given, however
+    broken) and closes: what h11 calls the remote's protocol errors, from upstream."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for _ in range(20):
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(WAIT)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    head += data
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close does not)
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+@pytest.mark.parametrize("mode", ["record", "replay-or-forward"])
+@pytest.mark.parametrize(
+    "reply",
+    [b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n",  # an invalid status line
+     b"HTTP/1.1 200 OK\r\nContent-Le",  # half a head, then the close
+     b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"],  # the head, then the close
+)  # fmt: skip
+def test_an_origin_breaking_http_is_a_502_not_the_clients_400(
+    gateway: MakeGateway, tmp_path: Path, mode: str, reply: bytes
+) -> None:
+    """A head forwarded already (not recording) can only be cut short, as before."""
+    raw = RawOrigin(reply)
+    try:
+        if mode != "record" and reply.endswith(b"\r\n\r\n") and b"200" in reply:
+            with pytest.raises(http.client.IncompleteRead):
+                proxy_get(gateway(mode).port, f"http://127.0.0.1:{raw.port}/x")
+            return
+        status, fields, _ = proxy_get(gateway(mode).port, f"http://127.0.0.1:{raw.port}/x")
+    finally:
+        raw.close()
+    assert status == 502 and fields["X-Shed-Error"] == "CONNECT_FAILED", (status, fields)
+    assert _entries(tmp_path) == 0

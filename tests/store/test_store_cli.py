@@ -11,7 +11,9 @@ import io
 import json
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_peers import put
@@ -49,6 +51,18 @@ def out_json(capsys: pytest.CaptureFixture[str]) -> object:
     return json.loads(capsys.readouterr().out)
 
 
+def rewrite_tar(src: Path, dst: Path, change: Callable[[str, bytes], bytes]) -> None:
+    """Copy archive ``src`` to ``dst`` with each member's bytes passed through ``change``
+    (a hand-made archive: tampered, or with odd fields)."""
+    with tarfile.open(src) as t, tarfile.open(dst, "w") as o:
+        for m in t.getmembers():
+            f = t.extractfile(m)
+            assert f is not None
+            data = change(m.name, f.read())
+            m.size = len(data)
+            o.addfile(m, io.BytesIO(data))
+
+
 def test_ls_table_and_json(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("store", "ls", "-c", filled) == 0
     text = capsys.readouterr().out
@@ -83,6 +97,18 @@ def test_rm_by_key_and_by_url(
     assert out_json(capsys) == {"removed": 2, "keys": ["b".ljust(64, "0"), "c".ljust(64, "0")]}
     store = Store(tmp_path / "store", 1 << 30)
     assert store.entries() == [] and list(store.blobs.names()) == []
+    store.close()
+
+
+def test_rm_of_an_empty_key_removes_nothing(
+    filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``splice store rm "$KEY"`` with KEY unset must not read as "every entry"."""
+    assert run("store", "rm", "-c", filled, "") == 1
+    assert "empty one matches all" in capsys.readouterr().err
+    assert run("store", "show", "-c", filled, "") == 1
+    store = Store(tmp_path / "store", 1 << 30)
+    assert len(store.entries()) == 3
     store.close()
 
 
@@ -123,15 +149,7 @@ def test_import_refuses_a_tampered_blob(filled: str, tmp_path: Path) -> None:
     tar = str(tmp_path / "store.tar")
     assert run("store", "export", "-c", filled, tar) == 0
     bad = tmp_path / "bad.tar"
-    with tarfile.open(tar) as src, tarfile.open(bad, "w") as dst:
-        for m in src.getmembers():
-            data = src.extractfile(m)
-            assert data is not None
-            body = data.read()
-            if m.name.startswith("blobs/"):
-                body = body.upper()
-            m.size = len(body)
-            dst.addfile(m, io.BytesIO(body))
+    rewrite_tar(Path(tar), bad, lambda name, b: b.upper() if name.startswith("blobs/") else b)
     other = config(tmp_path, "other")
     (tmp_path / "other").mkdir()
     assert run("store", "import", "-c", other, str(bad)) == 1
@@ -157,3 +175,64 @@ def test_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run("store", "ls", "-c", str(bad)) == 1
     assert "forward.store.mode" in capsys.readouterr().err
     assert run("store", "ls", "-c", str(tmp_path / "absent.toml")) == 1
+
+
+# -- hand-made archives: fields no store writes ---------------------------------------------
+
+
+def _archive(tmp_path: Path, **bad: Any) -> Path:
+    """An exported store of two entries, the second with the fields ``bad``."""
+    src = config(tmp_path, "src")
+    store = Store(tmp_path / "src", 1 << 30)
+    put(store, "a", b"apple", "http://fruit.test/apple")
+    put(store, "b", b"banana", "http://fruit.test/banana")
+    store.close()
+    tar = tmp_path / "good.tar"
+    assert run("store", "export", "-c", src, str(tar)) == 0
+    out = tmp_path / "crafted.tar"
+
+    def change(name: str, data: bytes) -> bytes:
+        if name != "index.json":
+            return data
+        doc = json.loads(data)
+        doc["entries"].sort(key=lambda d: d["key"])
+        doc["entries"][1].update(bad)
+        return json.dumps(doc).encode()  # NaN and Infinity as Python writes them
+
+    rewrite_tar(tar, out, change)
+    return out
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"recorded_at": 1e20}, {"recorded_at": -5.0}, {"recorded_at": float("nan")},
+     {"recorded_at": float("inf")}, {"recorded_at": "yesterday"}, {"recorded_at": True},
+     {"status": 99_999}, {"size": -1}, {"method": 7}],
+)  # fmt: skip
+def test_import_refuses_an_entry_with_a_field_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str, Any]
+) -> None:
+    crafted = _archive(tmp_path, **bad)
+    dst = config(tmp_path, "dst")
+    (tmp_path / "dst").mkdir()
+    assert run("store", "import", "-c", dst, str(crafted)) == 1
+    out = capsys.readouterr().out
+    assert "imported 1 entries" in out and "refused b000000" in out, out
+    assert run("store", "ls", "-c", dst) == 0
+    assert "1 entries" in capsys.readouterr().out
+
+
+def test_ls_shows_an_unshowable_time_instead_of_crashing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store written before import checked times (or by hand) may hold one."""
+    cfg = config(tmp_path, "old")
+    (tmp_path / "old").mkdir()
+    store = Store(tmp_path / "old", 1 << 30)
+    e = put(store, "a", b"apple", "http://fruit.test/apple")
+    store.index.db.execute("UPDATE entries SET recorded_at = 1e20 WHERE key = ?", (e.key,))
+    store.close()
+    assert run("store", "ls", "-c", cfg) == 0
+    assert "1e+20" in capsys.readouterr().out
+    assert run("store", "ls", "-c", cfg, "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["recorded_at"] == "1e+20"
