@@ -5,10 +5,11 @@ Ports are pinned first (``splice.pins``), then each worker is spawned
 (``splice.control``) and started with the pinned config. A worker that dies is
 restarted after a backoff (``FIRST_BACKOFF`` doubling to ``MAX_BACKOFF``, reset once a
 worker has lived ``STABLE_AFTER``). SIGTERM/SIGINT are forwarded to every worker; the
-supervisor exits 0 once all have exited (a worker that was down or starting when the
-stop came does not count against it). SIGHUP and ``POST /reload`` re-read the config
-here and push it to the workers; one that was starting meanwhile gets it once it is up
-(``generation``), and later restarts start on it. Each worker enforces its share of every connection
+supervisor exits 0 once all have exited (a worker that was down when the stop came
+does not count against it; one starting again may still, a race not solved yet).
+SIGHUP and ``POST /reload`` re-read the config here and push it to the workers; one
+that was starting meanwhile gets it once it is up (``generation``), and later restarts
+start on it. Each worker enforces its share of every connection
 limit (``splice.config_ops.share_limits``), so the limits hold for the whole instance.
 The admin listener lives here: ``/metrics`` is the sum of the workers' snapshots
 (refreshed every ``SNAPSHOT_EVERY`` s and at each scrape), plus the last snapshot of
