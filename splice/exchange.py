@@ -28,7 +28,7 @@ from splice.config import HEAD_TIMEOUT
 from splice.egress import auth_cache
 from splice.egress.authority import parse_authority
 from splice.errors import BackendError, ProtocolError, RouteError, SpliceError
-from splice.pages import render_error, wants_json
+from splice.pages import RETRY_AFTER, render_error, wants_json
 from splice.store.fetch import Incoming, Upstreams, first_field, read_body
 from splice.store.h11io import READ_SIZE, HeadTimeout, HttpStream
 from splice.store.keys import normalise_url, split_absolute
@@ -45,8 +45,6 @@ MAX_REQUESTS = 100_000
 #: a client that cannot finish a TLS handshake in this long is not a build tool
 TLS_HANDSHAKE_TIMEOUT = 10.0
 _CHALLENGE = (("Proxy-Authenticate", 'Basic realm="splice"'),)
-#: Retry-After (s) for the codes that say "try again shortly", as the engine sends it
-_RETRY_AFTER = {"TOO_MANY_CONNECTIONS": 1}
 Origin = tuple[str, str, int]
 
 
@@ -152,7 +150,7 @@ async def _fail(cx: Client, err: SpliceError) -> None:
         return
     extra = _CHALLENGE if err.code == "PROXY_AUTH_REQUIRED" else ()
     page = render_error(
-        err, as_json=wants_json(cx.accept), retry_after=_RETRY_AFTER.get(err.code), headers=extra
+        err, as_json=wants_json(cx.accept), retry_after=RETRY_AFTER.get(err.code), headers=extra
     )
     cx.stream.writer.write(page)
     try:

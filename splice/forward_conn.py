@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 from splice.accesslog import Egress
 from splice.egress import auth_cache
 from splice.egress.addresses import dialable
-from splice.egress.authority import parse_authority, parse_ip_literal
+from splice.egress.authority import parse_authority, parse_ip_literal, render_authority
 from splice.errors import ProtocolError, RouteError, SpliceError
 from splice.http_conn import TUNNEL, HttpConn
 from splice.io.dial import original_destination
@@ -174,7 +174,7 @@ class ForwardConn(HttpConn):
             port = self.original[1]
         if split is None:
             return host, port, self._strip(head.raw)
-        return host, port, self._origin_form(head, host_field(host, port), split[1])
+        return host, port, self._origin_form(head, render_authority(host, port, 80), split[1])
 
     @staticmethod
     def _origin_form(head: Head, authority: bytes, path: bytes) -> bytes:
@@ -334,12 +334,6 @@ def addresses_now(ctx: Context, policy: ForwardPolicy, host: str) -> tuple[str, 
     if static is not None:
         return (str(static),)  # chosen by the admin: dialled as written, like /etc/hosts
     return ctx.dns.cached(host)
-
-
-def host_field(host: str, port: int) -> bytes:
-    """A Host value naming canonical ``host`` and ``port`` (80 left out), IPv6 bracketed."""
-    shown = f"[{host}]" if ":" in host else host
-    return (shown if port == 80 else f"{shown}:{port}").encode("ascii")
 
 
 def address_checked_by(

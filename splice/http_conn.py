@@ -36,7 +36,7 @@ from splice.errors import ProtocolError, SpliceError
 from splice.io.flow import DONE, EOF, Flow
 from splice.io.native import NATIVE_ONTO
 from splice.io.unread import unread
-from splice.pages import render_error
+from splice.pages import RETRY_AFTER, render_error
 from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
 from splice.routing.route import split_absolute_form, split_port_prefix
@@ -49,11 +49,9 @@ if TYPE_CHECKING:
     from splice.config import ListenConfig
     from splice.context import Context
 
-#: seconds a client should wait before retrying, by error code
 # the clock as a module Final: compiled, ``time.perf_counter`` is a lookup in the
 # ``time`` module's dict at every call
 _clock: Final = time.perf_counter
-_RETRY_AFTER: Final = {"TOO_MANY_CONNECTIONS": 1, "SHED_NOT_RUNNING": 5, "RESOLVER_UNAVAILABLE": 5}
 # what the client side is doing (RESPONSE: the connection's last request is sent)
 READ_HEAD: Final = 0
 ROUTING: Final = 1
@@ -896,7 +894,7 @@ class HttpConn(Relay):
             err,
             as_json=head is not None and head.wants_json,
             link_host=host.split(".", 1)[1] if "." in host else None,
-            retry_after=_RETRY_AFTER.get(err.code),
+            retry_after=RETRY_AFTER.get(err.code),
             headers=headers,
         )
         self.drop_upstream()

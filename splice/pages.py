@@ -95,6 +95,14 @@ def wants_json(accept: bytes | None) -> bool:
     return q_json > q_html
 
 
+#: seconds a client should wait before retrying, by error code (Retry-After)
+RETRY_AFTER: dict[str, int] = {
+    "TOO_MANY_CONNECTIONS": 1,
+    "SHED_NOT_RUNNING": 5,
+    "RESOLVER_UNAVAILABLE": 5,
+}
+
+
 def render_error(
     err: SpliceError,
     *,

@@ -141,6 +141,13 @@ def parse_authority(authority: bytes, default_port: int | None) -> tuple[str, in
     return normalise_host(host), parse_port(port_text)
 
 
+def render_authority(host: str, port: int, default_port: int) -> bytes:
+    """``parse_authority`` the other way: canonical ``host`` (IPv6 bracketed) and
+    ``port``, left out when it is ``default_port``; what a Host field names."""
+    shown = f"[{host}]" if ":" in host else host
+    return (shown if port == default_port else f"{shown}:{port}").encode("ascii")
+
+
 def split_host_port(text: str) -> tuple[str, str | None]:
     """Split at the port colon; a bare IPv6 literal (many colons) is refused."""
     if text.startswith("["):

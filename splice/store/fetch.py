@@ -19,6 +19,7 @@ from typing import IO
 
 import h11
 
+from splice.egress.authority import render_authority
 from splice.errors import BackendError, ProtocolError
 from splice.store.h11io import READ_SIZE, Event, HttpStream
 
@@ -53,9 +54,7 @@ class Incoming:
 
     @property
     def authority(self) -> bytes:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = {"http": 80, "https": 443}[self.scheme]
-        return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
+        return render_authority(self.host, self.port, {"http": 80, "https": 443}[self.scheme])
 
 
 def first_field(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
