@@ -11,6 +11,7 @@ ClientHello in C").
 
     python -m bench.instructions tls --ops 300
     python -m bench.instructions keepalive --ops 300 --build /tmp/old-build
+    python -m bench.instructions keepalive --ops 300 --setting 'frame_responses="all"'
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--build", default=str(REPO / "build" / "compiled"), help="PYTHONPATH")
     ap.add_argument("--top", type=int, default=25, help="splice functions listed")
     ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (callgrind_annotate)")
+    ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                    help='a top-level config line, e.g. frame_responses="all"')  # fmt: skip
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "curl", "nginx", "openssl"):
         if shutil.which(tool) is None:
@@ -107,7 +110,8 @@ def main() -> None:
             be.start()
             http, tls = free_ports(2)
             conf = work / "splice.toml"
-            conf.write_text(Splice()._config(http, tls, env, be))  # the bench's own splice
+            top = "".join(f"{line}\n" for line in a.setting)  # before the config's tables
+            conf.write_text(top + Splice()._config(http, tls, env, be))  # the bench's splice
             out = work / "callgrind.out"
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             argv += [sys.executable, "-m", "splice", "serve", "-c", str(conf)]

@@ -45,6 +45,8 @@ UPSTREAM_KEEPALIVE: Final = 32
 UPSTREAM_KEEPALIVE_TIMEOUT: Final = 3.0
 #: seconds in-flight connections get to finish at SIGTERM
 DRAIN_TIMEOUT: Final = 10.0
+#: ``frame_responses`` values
+FRAME_RESPONSES: Final = ("fronts", "all")
 
 LISTEN_MODES: Final[tuple[str, ...]] = (
     "http",
@@ -134,6 +136,10 @@ class Config:
     #: false: route only a connection's first request and splice the rest blind
     #: (the v0.1 behaviour, kept for benchmarks; unsafe behind a front that pools)
     route_each_request: bool = True
+    #: whose keep-alive connections have every response framed, so that bytes a VM
+    #: sends past its answers never reach the client: "fronts" (``trusted_fronts``,
+    #: which may pool one connection across sheds) or "all"
+    frame_responses: str = "fronts"
     #: idle upstream connections kept per (shed, port) for the next ``Connection: close``
     #: request; 0 turns upstream keep-alive off
     upstream_keepalive: int = UPSTREAM_KEEPALIVE
@@ -165,9 +171,20 @@ _TOP_KEYS: Final = {
     "retire_timeout", "pipe_pool", "access_log", "listen", "sheds", "resolver", "dial",
     "max_connections", "max_connections_per_shed", "idle_timeout", "idle_timeout_upgraded",
     "drain_timeout", "allow_clients", "forwarded_headers", "forwarded", "trusted_fronts",
-    "route_each_request", "upstream_keepalive", "upstream_keepalive_timeout", "forward",
+    "route_each_request", "frame_responses", "upstream_keepalive", "upstream_keepalive_timeout",
+    "forward",
     *OPS_KEYS,
 }  # fmt: skip
+
+
+#: what a reload cannot change: the process set it up at start (log_format too, but a
+#: command-line flag may have chosen it, so a file that says otherwise is no news)
+FIXED_AT_START: Final = ("workers", "access_log", "pipe_pool", "admin")
+
+
+def fixed_at_start(old: Config, new: Config) -> list[str]:
+    """The settings ``new`` changes that take effect only at the next start."""
+    return [key for key in FIXED_AT_START if getattr(old, key) != getattr(new, key)]
 
 
 def load_config(path: str) -> Config:
@@ -225,6 +242,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarded=_bool("forwarded", data.get("forwarded", False)),
         trusted_fronts=_cidrs("trusted_fronts", data),
         route_each_request=_bool("route_each_request", data.get("route_each_request", True)),
+        frame_responses=_choice(
+            "frame_responses", data.get("frame_responses", "fronts"), FRAME_RESPONSES
+        ),
         upstream_keepalive=_int(
             "upstream_keepalive", data.get("upstream_keepalive", UPSTREAM_KEEPALIVE), 0, 65536
         ),

@@ -29,6 +29,7 @@ CODES: dict[str, tuple[int, str]] = {
     "RESOLVER_UNAVAILABLE": (503, "The shed server could not be asked where the shed is."),
     "TOO_MANY_CONNECTIONS": (503, "Too many connections; try again shortly."),
     "UPSTREAM_TIMEOUT": (504, "The shed did not accept the connection in time."),
+    "BAD_RESPONSE": (502, "The answer from the shed was not HTTP that could be passed on."),
     "INTERNAL_ERROR": (500, "splice failed to handle the request."),
     "DESTINATION_DENIED": (403, "The egress policy does not allow this destination."),
     "PORT_DENIED": (403, "The egress policy does not allow this destination port."),

@@ -31,7 +31,7 @@ from splice.egress import auth_cache
 from splice.egress.addresses import dialable
 from splice.egress.authority import parse_authority, parse_ip_literal, render_authority
 from splice.errors import ProtocolError, RouteError, SpliceError
-from splice.http_conn import TUNNEL, HttpConn
+from splice.http_conn import R_BLIND, TUNNEL, HttpConn
 from splice.io.dial import original_destination
 from splice.relay import Key, Relay
 from splice.resolve.base import Endpoint
@@ -66,6 +66,8 @@ class ForwardConn(HttpConn):
     #: origins are not pooled: each request is checked against the policy and dialled
     POOL_UPSTREAMS = False
     ALWAYS_ROUTE = True
+    #: a client may send requests for several origins on one connection (urllib3 does)
+    FRAME_RESPONSES = True
     __slots__ = ("original", "rule", "tunnel", "user")
 
     def __init__(
@@ -251,6 +253,7 @@ class ForwardConn(HttpConn):
         self.next = None
         self.tunnel = False
         self.state = TUNNEL
+        self.rphase = R_BLIND  # no answers to frame: bytes both ways, to the end
         self.down.write(ESTABLISHED)
         self.client_readable()
 

@@ -32,7 +32,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Final
 
-from splice.errors import ProtocolError, SpliceError
+from splice.errors import BackendError, ProtocolError, SpliceError
 from splice.io.flow import DONE, EOF, Flow
 from splice.io.native import NATIVE_ONTO
 from splice.io.unread import unread
@@ -68,6 +68,8 @@ R_BLIND: Final = 0
 R_HEAD: Final = 1
 R_LENGTH: Final = 2
 R_CHUNKED: Final = 3
+#: framed keep-alive: every request sent has its answer; VM bytes now are nobody's
+R_IDLE: Final = 4
 #: bytes read per recv while collecting a head
 _READ: Final = 64 * 1024
 #: methods a request may be sent twice with (RFC 9110 §9.2.2)
@@ -91,9 +93,11 @@ def read_onto(sock: socket.socket, fd: int, buf: bytearray) -> int:
 
 class HttpConn(Relay):
     __slots__ = (
+        "asked",
         "body_left",
         "cdrained",
         "chunk",
+        "framed",
         "front",
         "got_answer",
         "head",
@@ -102,6 +106,7 @@ class HttpConn(Relay):
         "lingered",
         "next",
         "pending_error",
+        "pooled",
         "rbuf",
         "rchunk",
         "replay",
@@ -122,6 +127,8 @@ class HttpConn(Relay):
     #: route every request whatever ``route_each_request`` says (egress listeners: a
     #: blind splice after the first request would let the next ones past the policy)
     ALWAYS_ROUTE = False
+    #: frame every response, whoever the client is (``frame_responses`` otherwise)
+    FRAME_RESPONSES = False
 
     def __init__(
         self, ctx: Context, client: socket.socket, peer: tuple[str, int], lc: ListenConfig
@@ -166,7 +173,25 @@ class HttpConn(Relay):
         #: a request on a reused pooled connection that can be sent again if the VM
         #: turns out to have closed it: (next, head, the whole body, b"" for none)
         self.replay: tuple[tuple[bytes, Key, Endpoint], Head, bytes] | None = None
+        #: this request closes the connection and went on a pooled upstream
+        self.pooled = False
+        #: every response on this connection is framed (``_expect``), not relayed blind
+        self.framed = self._frames(ctx, peer[0])
+        #: framed: HEAD or not, for each request sent after the one being answered
+        self.asked: list[bool] = []
         self.start()
+
+    def _frames(self, ctx: Context, peer: str) -> bool:
+        """Frame this connection's responses? Blind, bytes a VM sends past its last
+        answer would reach the client as the answer to its next request, which may be
+        for another shed: only a client that pools one connection across sheds (a
+        front) can meet that, so by default only fronts pay for the framing."""
+        cfg = ctx.cfg
+        if not (cfg.route_each_request or self.ALWAYS_ROUTE):
+            return False  # the requests after the first are not seen: nor are answers
+        if self.FRAME_RESPONSES or cfg.frame_responses == "all":
+            return True
+        return bool(ctx.fronts) and peer in ctx.fronts
 
     # -- the client -> VM direction ---------------------------------------------
 
@@ -331,7 +356,7 @@ class HttpConn(Relay):
         self.chunk = None
         self.state = WAIT_UPGRADE if self.head.upgrade else READ_HEAD
         self.head = None  # an error on the next head must not borrow this one's details
-        if self.rphase != R_BLIND:
+        if self.pooled:
             # after a request that closes the connection nothing more is a request
             # (RFC 9112 §9.6): the client is not read until its response is done
             self.state = RESPONSE
@@ -457,9 +482,15 @@ class HttpConn(Relay):
         raw, key, ep = self.next
         head = self.head
         if head is None or not self._keepalive_ok(head, key):
+            if self.framed:  # the old upstream's unread bytes are nobody's
+                self.rphase = R_IDLE
+                self.asked.clear()
+                self.rbuf.clear()
+                self.udrained = False
             self.open_upstream(key)
             return
         self.next = (without_connection_fields(raw), key, ep)
+        self.pooled = True
         self.rphase, self.head_request = R_HEAD, head.method == b"HEAD"
         self.key = key
         self._count(key[0], key[1])
@@ -517,6 +548,8 @@ class HttpConn(Relay):
         assert head is not None and flow is not None
         flow.write(self.outgoing(raw))
         self.dial_t = _clock()
+        if self.framed and not self.pooled:
+            self._expect(head.method == b"HEAD")
         if head.chunked:
             self.chunk = ChunkedFraming()
             self.state = CHUNKED
@@ -547,8 +580,13 @@ class HttpConn(Relay):
         )
 
     def _retire(self) -> None:
-        """Shut the old upstream's write side; the next one opens when it has closed."""
+        """Shut the old upstream's write side; the next one opens when it has closed,
+        or, framed, once it has answered every request sent to it."""
         self.retiring = True
+        if self.rphase == R_IDLE:  # framed, and nothing is owed: on at once
+            if self._old_upstream_done():
+                self._retired()
+            return
         assert self.up_flow is not None
         self.up_flow.finish()
         self.retire_mark = self.activity()
@@ -573,10 +611,25 @@ class HttpConn(Relay):
         self.outcome = "RETIRE_TIMEOUT"
         self.close()
 
+    def _old_upstream_done(self) -> bool:
+        """Retiring: the old upstream owes nothing more (closed, or framed and every
+        answer passed) and all its bytes reached the client."""
+        return (self.up_done or self.rphase == R_IDLE) and (self.down is None or self.down.idle)
+
     def _retired(self) -> None:
         """The old upstream is done and its bytes reached the client: move on."""
         self.retiring = False
         self.ctx.retire_deadlines.discard(self)
+        ph = self.rphase
+        if self.framed and ph != R_IDLE and (ph == R_BLIND or self.pending_error is None):
+            # framed, and not every answer passed whole: a response ran blind to the
+            # VM's close (the next answer would join its body), or the VM closed with
+            # answers owed (the next target's would pass for them). Our own error page
+            # may still follow a close that cut nothing
+            if self.pending_error is None:
+                self.outcome = "RETIRE_UNFRAMED"
+            self._hang_up()
+            return
         self.drop_upstream()
         self.up_done = False
         if self.pending_error is not None:
@@ -602,7 +655,7 @@ class HttpConn(Relay):
             return
         if self.state == CLOSING:
             self._start_linger()
-        elif self.retiring and self.up_done:
+        elif self.retiring and self._old_upstream_done():
             self._retired()
         else:
             if self.up is not None:
@@ -614,7 +667,10 @@ class HttpConn(Relay):
             self.ctx.metrics.first_byte.observe(_clock() - self.dial_t)
             self.dial_t = 0.0
         if self.rphase != R_BLIND and self.handshake is None:
+            self.udrained = False  # an event: what an earlier read proved is stale
             self._pump_response()
+            if self.retiring and self.rphase == R_IDLE and self._old_upstream_done():
+                self._retired()  # framed: the last answer owed has passed
             return
         waiting = self.state == WAIT_UPGRADE and self.handshake is None and not self.retiring
         if waiting and not self._peek_upgrade():
@@ -638,8 +694,16 @@ class HttpConn(Relay):
 
     # -- a keep-alive exchange: the response's end, then the upstream is parked ---
 
+    def early_bytes(self, data: bytes) -> None:
+        """Framed, VM bytes that came with the Connect API's answer are framed too."""
+        if self.rphase == R_BLIND:
+            super().early_bytes(data)
+        else:
+            self.rbuf += data
+
     def _pump_response(self) -> None:
-        """VM -> client following the response framing, until the response ends."""
+        """VM -> client following the response framing, until the response ends (framed
+        keep-alive: on through the answers owed, then idle)."""
         down = self.down
         assert down is not None
         while self._framing() and not down.blocked:
@@ -649,21 +713,36 @@ class HttpConn(Relay):
                     if self._take_head():
                         continue
                     if self.rphase != R_HEAD or not self._framing():
-                        return  # the response ended, or is now relayed blind
+                        return  # relayed blind from now on
+            elif ph == R_IDLE:
+                if self.retiring:
+                    self.rbuf.clear()  # about to be dropped: its bytes are nobody's
+                    return
+                if self.rbuf:
+                    self._unsolicited()
+                    return
+                if self.udrained:
+                    # a read in this event ended the answer and drained the socket:
+                    # bytes that come later raise an event of their own
+                    return
             elif ph == R_LENGTH:
                 self.udrained = False  # a read that fills its budget proves nothing
                 r, moved = down.pump_at_most(self.rleft, self.ushort)
                 self.rleft -= moved
                 if r == DONE:
                     self._response_done()
-                elif r == EOF:
+                    continue  # framed: pipelined answers may wait in the socket
+                if r == EOF:
                     self._response_cut()
                 return
             else:
                 c = self.rchunk
                 assert c is not None
-                if self.rbuf and not self._pass_chunks():
-                    return
+                if self.rbuf:
+                    if not self._pass_chunks():
+                        return
+                    if self.rphase != R_CHUNKED:
+                        continue  # the body ended
                 if not self.rbuf and c.state is State.DATA and c.remaining:
                     self.udrained = False
                     r, moved = down.pump_at_most(c.remaining)
@@ -684,7 +763,7 @@ class HttpConn(Relay):
 
     def _pass_chunks(self, head: bytes = b"") -> bool:
         """Forward the chunked body bytes in ``rbuf``, after ``head`` in the same send;
-        False when the body has ended or is now relayed blind."""
+        False when the rest is now relayed blind."""
         c, down = self.rchunk, self.down
         assert c is not None and down is not None
         try:
@@ -692,14 +771,19 @@ class HttpConn(Relay):
         except ProtocolError:
             if head:
                 down.write(head)
-            self._go_blind()  # the VM's framing is its own business
+            if self.framed and not self.pooled:
+                # the client has part of this answer: it ends here, and so does the
+                # connection (the bytes past a broken chunk are nobody's answer)
+                self.outcome = "BAD_RESPONSE"
+                self._hang_up()
+            else:
+                self._go_blind()  # the VM's framing is its own business
             return False
         if n or head:
             down.write(head + self.rbuf[:n])
             del self.rbuf[:n]
         if c.state is State.DONE:
             self._response_done()
-            return False
         return True
 
     def _read_answer(self) -> bool:
@@ -717,6 +801,11 @@ class HttpConn(Relay):
         if not n:
             if not self.got_answer and self.replay is not None:
                 self._redial()
+            elif self.framed and not self.pooled:
+                # between answers or inside a head: nothing was relayed blind (a head
+                # cut short is dropped); ``_retired`` knows from rphase what is owed
+                self.rbuf.clear()
+                self.on_upstream_eof()
             else:
                 self._go_blind()
             return False
@@ -725,13 +814,18 @@ class HttpConn(Relay):
         return True
 
     def _take_head(self) -> bool:
-        """Forward a response head from ``rbuf``; False when it is not all there yet."""
+        """Forward a response head from ``rbuf``: True to go on with the loop (a head
+        passed, maybe its whole response), False when the head is not all there yet or
+        the rest is now relayed blind."""
         down = self.down
         assert down is not None
         try:
-            rh = parse_response_head(self.rbuf, head_request=self.head_request)
-        except ProtocolError:
-            self._go_blind()
+            rh = parse_response_head(self.rbuf, head_request=self.head_request, close=self.pooled)
+        except ProtocolError as e:
+            if self.framed and not self.pooled:
+                self._bad_answer(f"The shed's answer is not HTTP splice can frame: {e}.")
+            else:
+                self._go_blind()
             return False
         if rh is None:
             return False
@@ -739,6 +833,9 @@ class HttpConn(Relay):
         if rh.interim:
             down.write(rh.raw)
             return True  # 100 Continue, 103 Early Hints: the response follows
+        if self.state == WAIT_UPGRADE and rh.status != 101:
+            self.state = READ_HEAD  # framed: the Upgrade was declined; read on
+            self.ctx.reactor.soon(self._resume)
         self.reusable = rh.keep_alive
         if rh.body is Body.LENGTH:
             # the head and the body bytes already here go in one send: one segment
@@ -750,7 +847,7 @@ class HttpConn(Relay):
                 self.rphase = R_LENGTH
                 return True
             self._response_done()
-            return False
+            return True
         if rh.body is Body.CHUNKED:
             self.rchunk = ChunkedFraming()
             self.rphase = R_CHUNKED
@@ -758,8 +855,8 @@ class HttpConn(Relay):
         down.write(rh.raw)
         if rh.body is Body.NONE:
             self._response_done()
-            return False
-        if rh.status == 101:  # never asked for, but a tunnel is what it is
+            return True
+        if rh.status == 101:  # asked for (framed), or not: a tunnel is what it is
             self.state = TUNNEL
             self.ctx.reactor.soon(self._resume)
         self._go_blind()
@@ -782,7 +879,11 @@ class HttpConn(Relay):
         self.on_upstream_eof()
 
     def _response_done(self) -> None:
-        """The response has ended: park the upstream if it is clean, then close the client."""
+        """The response has ended: park the upstream if it is clean, then close the client.
+        Framed keep-alive: on to the next answer owed."""
+        if not self.pooled:
+            self._next_answer()
+            return
         self.rphase = R_BLIND
         flow = self.up_flow
         clean = (
@@ -806,6 +907,31 @@ class HttpConn(Relay):
             down.finish()  # the FIN follows the queued bytes; then linger as after a page
         else:
             self._close_after_response()
+
+    def _next_answer(self) -> None:
+        """Framed keep-alive: the answer to the next request sent, if one was; else
+        nothing is owed (``R_IDLE``) and the ``rbuf`` loop sees whatever comes early."""
+        if self.asked:
+            self.rphase = R_HEAD
+            self.head_request = self.asked.pop(0)
+        else:
+            self.rphase = R_IDLE
+
+    def _expect(self, head_request: bool) -> None:
+        """Framed: a request has gone to the VM; its answer is owed after the others."""
+        if self.rphase == R_IDLE:
+            self.rphase = R_HEAD
+            self.head_request = head_request
+        elif self.rphase != R_BLIND:  # blind: a response whose end is the VM's close
+            self.asked.append(head_request)
+
+    def _unsolicited(self) -> None:
+        """The VM sent bytes no request asked for. Passed on, they would be taken for the
+        answer to the client's next request, maybe one for another shed: dropped, and
+        the connection ended, as a client would end an idle one that did this."""
+        self.rbuf.clear()
+        self.outcome = "UNSOLICITED_RESPONSE"
+        self._hang_up()
 
     def _close_after_response(self) -> None:
         """Close now when the client sent nothing more: the kernel sends the tail and a FIN.
@@ -887,6 +1013,17 @@ class HttpConn(Relay):
             return
         self._send_page(err, headers)
 
+    def _bad_answer(self, message: str) -> None:
+        """Framed: the VM's answer has a head splice cannot frame. Relayed blind,
+        whatever followed it would pass for the next answers: this request gets a 502
+        (nothing of its answer was sent yet) and the connection ends."""
+        assert self.key is not None
+        self.rbuf.clear()
+        self.rphase = R_BLIND
+        err = BackendError(message, code="BAD_RESPONSE", shed=self.key[0], port=self.key[1])
+        self.outcome = err.code
+        self._send_page(err, ())
+
     def _send_page(self, err: SpliceError, headers: tuple[tuple[str, str], ...]) -> None:
         head = self.head
         host = head.host.decode("ascii", "replace") if head is not None and head.host else ""
@@ -898,13 +1035,18 @@ class HttpConn(Relay):
             headers=headers,
         )
         self.drop_upstream()
+        if self.down is None:
+            self.down = Flow(self.client, self.client, self.ctx.pool, self.ctx.reactor.arm)
+        self.down.write(page)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Drop the upstream; the client gets what is queued for it, a FIN, and we linger."""
+        self.drop_upstream()
         self.retiring = False
         self.state = CLOSING
         out = self.down
-        if out is None:
-            out = Flow(self.client, self.client, self.ctx.pool, self.ctx.reactor.arm)
-        self.down = out
-        out.write(page)
+        assert out is not None
         out.finish()
         if not out.blocked:
             self._start_linger()

@@ -48,6 +48,8 @@ _HINTS: dict[str, str] = {
     "RESOLVER_UNAVAILABLE": "The shed server may be restarting; try again shortly.",
     "TOO_MANY_CONNECTIONS": "Try again shortly.",
     "UPSTREAM_TIMEOUT": "The shed may be overloaded; try again, or restart the shed.",
+    "BAD_RESPONSE": "The server on port {port} inside the shed answered with malformed "
+    "HTTP; <code>curl -v</code> it from inside the shed.",
     "INTERNAL_ERROR": "This is a bug in splice; the proxy log has the details.",
     "DESTINATION_DENIED": "Ask for the destination to be added to the egress policy's "
     "<code>[forward] allow</code> list.",

@@ -360,9 +360,13 @@ class Relay(Handler):
             return
         self.handshake = None
         if result[1]:
-            assert self.down is not None
-            self.down.write(result[1])
+            self.early_bytes(result[1])
         self.upstream_ready()
+
+    def early_bytes(self, data: bytes) -> None:
+        """VM bytes that came in the same read as the Connect API's answer."""
+        assert self.down is not None
+        self.down.write(data)
 
     def open_upstream(self, key: Key) -> None:
         """Dial ``key``'s VM directly, or through the shed-server's Connect API."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from splice import heap
 from splice.admin import AdminServer, Backend
-from splice.config import Config, load_config, parse_config
+from splice.config import Config, fixed_at_start, load_config, parse_config
 from splice.config_ops import share_limits
 from splice.control import Channel
 from splice.errors import ConfigError
@@ -106,6 +106,8 @@ class LocalBackend:
     def __init__(self, server: Server, path: str | None) -> None:
         self.server = server
         self.path = path
+        #: the config the process was started with (``fixed_at_start``)
+        self.started = server.cfg
 
     async def ready(self) -> tuple[bool, str]:
         return await readiness(self.server)
@@ -121,8 +123,9 @@ class LocalBackend:
             return "no config file to re-read"
         try:
             new = load_config(self.path)
-            if new.workers != 1:
-                log.warning("workers = %d takes effect at the next start", new.workers)
+            fixed = fixed_at_start(self.started, new)
+            if fixed:
+                log.warning("%s: takes effect at the next start", ", ".join(fixed))
             # what was fixed at start stays: one process, the log format chosen then
             fmt = self.server.cfg.log_format
             self.server.reload(dataclasses.replace(new, workers=1, log_format=fmt))

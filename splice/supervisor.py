@@ -30,7 +30,7 @@ import tomllib
 from typing import Any
 
 from splice.admin import AdminServer
-from splice.config import Config, parse_config
+from splice.config import Config, fixed_at_start, parse_config
 from splice.control import ChannelClosed
 from splice.errors import ConfigError
 from splice.exposition import merge, retire
@@ -60,6 +60,8 @@ STOP_GRACE = 5.0
 class Supervisor:
     def __init__(self, cfg: Config, path: str, *, drain: float | None, log_args: list[str]) -> None:
         self.cfg = cfg
+        #: the config the processes were started with (``fixed_at_start``)
+        self.started = cfg
         self.path = path
         self.drain = drain
         self.log_args = log_args
@@ -290,8 +292,9 @@ class Supervisor:
             self.pins.abandon(pins)
             log.error("reload of %s refused by %s", self.path, "; ".join(refused))
             return "; ".join(refused)
-        if cfg.workers != self.cfg.workers:
-            log.warning("workers = %d takes effect at the next start", cfg.workers)
+        fixed = fixed_at_start(self.started, cfg)
+        if fixed:
+            log.warning("%s: takes effect at the next start", ", ".join(fixed))
         self.pins.commit(pins)
         self.cfg, self.data = dataclasses.replace(cfg, log_format=self.cfg.log_format), data
         self.generation += 1

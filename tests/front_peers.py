@@ -180,7 +180,10 @@ class Splice:
     def __init__(self, workdir: Path, sheds: dict[str, int]) -> None:
         self.port = free_port()
         self.config = workdir / "splice.toml"
-        lines = ["workers = 1", f'domains = ["{DOMAIN}"]', "", "[[listen]]"]
+        # the front is trusted, as the README's deployment has it: its connections,
+        # pooled across sheds, get every answer framed (``frame_responses``)
+        lines = ["workers = 1", f'domains = ["{DOMAIN}"]', 'trusted_fronts = ["127.0.0.1/32"]']
+        lines += ["", "[[listen]]"]
         lines.append(f'address = "127.0.0.1:{self.port}"')
         for name, port in sheds.items():
             lines += ["", f"[sheds.{name}]", 'address = "127.0.0.1"', f"default_port = {port}"]

@@ -193,6 +193,19 @@ def test_reload_applies_a_config_refuses_a_broken_one_and_sighup_does_the_same(
     assert s.admin("/nope")[0] == 404
 
 
+def test_a_reload_names_the_settings_that_wait_for_the_next_start(
+    start: Start, alpha: EchoApp
+) -> None:
+    """The access log, the pipe pool and the admin listener were set up at start: a
+    reload that changes them says so each time, until the process starts again."""
+    s = start(config({"alpha": shed(alpha)}))
+    s.write(config({"alpha": shed(alpha)}, access_log=False, pipe_pool=8))
+    for n in (1, 2):
+        assert s.admin("/reload", "POST") == (200, "reloaded\n")
+        s.wait_log("access_log, pipe_pool: takes effect at the next start", count=n)
+    assert fetch(s.port, "alpha.test") == 200
+
+
 def test_without_an_admin_table_there_is_no_admin_listener(start: Start, alpha: EchoApp) -> None:
     cfg = config({"alpha": shed(alpha)})
     del cfg["admin"]

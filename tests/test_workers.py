@@ -173,6 +173,16 @@ def test_reload_reaches_every_worker(
     assert all(fetch(s.port, "beta.test") == 404 for _ in range(SPREAD))
 
 
+def test_a_reload_names_the_settings_that_wait_for_the_next_start(
+    start: Start, alpha: EchoApp
+) -> None:
+    s = start(config({"alpha": shed(alpha)}))
+    s.write(config({"alpha": shed(alpha)}, workers=3, access_log=False))
+    assert s.admin("/reload", "POST") == (200, "reloaded\n")
+    s.wait_log("workers, access_log: takes effect at the next start")
+    assert len(children(s.pid)) == 2
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_is_forwarded_and_every_worker_exits(
     start: Start, alpha: EchoApp, sig: signal.Signals

@@ -30,7 +30,6 @@ _STATUS_LINE: Final = rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [\t\x20-\x7e\x80-\xff
 _STRICT_HEAD: Final = re.compile(_STATUS_LINE + FIELD_BLOCK.pattern)
 _FRAMING_NAMES: Final[tuple[bytes, ...]] = (b"content-length", b"transfer-encoding", b"connection")
 _FRAMING_FIELDS: Final = field_finder(_FRAMING_NAMES)
-_DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % MAX_CL_DIGITS)
 #: every Connection field line, with the CRLF before it (never the status line)
 _CONNECTION_LINE: Final = re.compile(rb"\r\nconnection:[^\r]*", re.I)
 _CLOSE: Final = b"Connection: close\r\n\r\n"
@@ -99,9 +98,13 @@ class ResponseHead:
 
 
 def parse_response_head(
-    buf: bytes | bytearray, *, head_request: bool, max_head: int = MAX_HEAD
+    buf: bytes | bytearray, *, head_request: bool, max_head: int = MAX_HEAD, close: bool = True
 ) -> ResponseHead | None:
     """Parse one response head from the start of ``buf``; None until it is complete.
+
+    ``close``: the client's connection ends with this response, so ``raw`` says
+    ``Connection: close`` in place of the VM's Connection fields; else ``raw`` is the
+    head as the VM sent it.
 
     Raises:
         ProtocolError: the head is not one this scanner takes whole (bare LF, a
@@ -128,20 +131,23 @@ def parse_response_head(
     chunked = False
     for name, value in fields:
         if name == b"connection":
-            keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
+            # the values come lower-cased; the common one costs no token split
+            if value != b"keep-alive":
+                keep_alive = keep_alive and b"close" not in {t.strip() for t in value.split(b",")}
         elif name == b"transfer-encoding":
             if chunked or value != b"chunked":
                 raise ProtocolError("only a single 'Transfer-Encoding: chunked' is framed")
             chunked = True
         else:
-            if length is not None or _DIGITS.fullmatch(value) is None:
+            # bytes.isdigit: ASCII digits only, as the regex was (cheaper than a match)
+            if length is not None or not value.isdigit() or len(value) > MAX_CL_DIGITS:
                 raise ProtocolError("Content-Length must be one decimal number")
             length = int(value)
     if chunked and length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
     if status == 101:
         return ResponseHead(status, Body.UNTIL_CLOSE, 0, False, False, head, size)
-    raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE
+    raw = _CONNECTION_LINE.sub(b"", head[:-2]) + _CLOSE if close else head
     if head_request or status in (204, 304):
         return ResponseHead(status, Body.NONE, 0, keep_alive, False, raw, size)
     if chunked:

@@ -61,6 +61,11 @@ class TestFraming:
         assert r.raw == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         assert r.keep_alive
 
+    def test_a_connection_kept_open_gets_the_head_as_the_vm_sent_it(self) -> None:
+        data = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
+        r = parse_response_head(data, head_request=False, close=False)
+        assert r is not None and r.raw == data[:-5] and r.keep_alive
+
     def test_a_head_with_no_fields(self) -> None:
         r = parse(b"HTTP/1.1 204 No Content\r\n\r\n")
         assert (r.body, r.keep_alive) == (Body.NONE, True)
@@ -126,6 +131,9 @@ class TestNotTaken:
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
