@@ -69,7 +69,8 @@ def key_material(
     material: dict[str, Any] = {"v": KEY_VERSION}
     for part in match:
         if part == "method":
-            material["method"] = method.upper()
+            # as it came: methods are case-sensitive (RFC 9110 §9.1), ``get`` is not GET
+            material["method"] = method
         elif part == "url":
             material["url"] = url
         elif part == "body":

@@ -94,9 +94,15 @@ def test_header_values_join_in_order() -> None:
 
 
 def test_material_names_what_was_matched() -> None:
-    m = key_material(("method", "header:x-a"), method="get", url="u", body_sha256=EMPTY,
+    m = key_material(("method", "header:x-a"), method="GET", url="u", body_sha256=EMPTY,
                      headers=[(b"X-A", b"1")])  # fmt: skip
     assert m == {"v": 1, "method": "GET", "header:x-a": "1"}
+
+
+def test_methods_are_case_sensitive() -> None:
+    """RFC 9110 §9.1: an origin may answer ``get`` otherwise than GET (most say 501), so
+    a recording of one never replays for the other."""
+    assert _key(method="get") != _key(method="GET")
 
 
 def test_settings_defaults_and_values() -> None:
