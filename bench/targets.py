@@ -490,6 +490,21 @@ class SpliceFirst(Splice):
         return "route_each_request = false\n"
 
 
+class SpliceFramed(Splice):
+    """``frame_responses = "all"``: every answer framed, as on a front's connections
+    (the default frames only those): the price of knowing which request each byte
+    answers, against HAProxy http, which always frames."""
+
+    with_tls = False
+
+    def __init__(self) -> None:
+        super().__init__("splice-framed", only=("keepalive",))
+        self.about = 'frame_responses = "all" (every answer framed, as for trusted fronts)'
+
+    def _top(self, env: Env, be: Backend) -> str:
+        return 'frame_responses = "all"\n'
+
+
 class SpliceInterpreted(Splice):
     """The same splice, interpreted: the sources instead of the mypyc build (setup.py),
     in the scenarios where the interpreter is most of the cost. What compiling buys."""
@@ -1092,8 +1107,9 @@ def all_targets() -> list[Target]:
     splice's variants (each only in its own scenarios), then the forward proxies."""
     return [
         Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
-        SpliceInterpreted(), SpliceFirst(), SpliceWorkers(2), SpliceAdmin(), SpliceConnect(),
-        SpliceShed(), SpliceForward(), Tinyproxy(), SpliceReplay(), SpliceRecord(), PyFloor(),
+        SpliceInterpreted(), SpliceFirst(), SpliceFramed(), SpliceWorkers(2), SpliceAdmin(),
+        SpliceConnect(), SpliceShed(), SpliceForward(), Tinyproxy(), SpliceReplay(),
+        SpliceRecord(), PyFloor(),
     ]  # fmt: skip
 
 
