@@ -97,12 +97,14 @@ class HttpConn(Relay):
         "body_left",
         "cdrained",
         "chunk",
+        "failed_sent",
         "framed",
         "front",
         "got_answer",
         "head",
         "head_request",
         "inbuf",
+        "interim_sent",
         "lingered",
         "next",
         "pending_error",
@@ -179,6 +181,10 @@ class HttpConn(Relay):
         self.framed = self._frames(ctx, peer[0])
         #: framed: HEAD or not, for each request sent after the one being answered
         self.asked: list[bool] = []
+        #: framed: a 1xx passed for the answer owed now (its final answer still comes)
+        self.interim_sent = False
+        #: the request of ``pending_error`` had gone to the VM (an error in its body)
+        self.failed_sent = False
         self.start()
 
     def _frames(self, ctx: Context, peer: str) -> bool:
@@ -583,6 +589,14 @@ class HttpConn(Relay):
         """Shut the old upstream's write side; the next one opens when it has closed,
         or, framed, once it has answered every request sent to it."""
         self.retiring = True
+        if self.interim_sent:
+            # framed, a 1xx passed and its final answer is still owed: a client that took
+            # the 1xx for the end (nginx does, for a HEAD) would take that final answer
+            # for the next target's
+            if self.pending_error is None:
+                self.outcome = "RETIRE_UNFRAMED"
+            self._hang_up()
+            return
         if self.rphase == R_IDLE:  # framed, and nothing is owed: on at once
             if self._old_upstream_done():
                 self._retired()
@@ -616,16 +630,28 @@ class HttpConn(Relay):
         answer passed) and all its bytes reached the client."""
         return (self.up_done or self.rphase == R_IDLE) and (self.down is None or self.down.idle)
 
+    def _may_move_on(self) -> bool:
+        """Framed: may the next answer (another target's, or our error page) follow?
+
+        Only when every answer owed passed whole; and for a page, when the request it
+        answers is the next one the client waits for: a request whose head failed (it
+        never went to the VM) once all answers passed, or a request whose body failed,
+        the one answer owed, when the VM closed without a byte of it (if it answered,
+        a page would be a second answer). Otherwise a response ran blind to the VM's
+        close (the next answer would join its body), or the VM closed with answers
+        owed (the next would pass for them)."""
+        ph = self.rphase
+        if self.pending_error is None:
+            return ph == R_IDLE
+        if self.failed_sent:
+            return ph == R_HEAD and not self.asked
+        return ph == R_IDLE
+
     def _retired(self) -> None:
         """The old upstream is done and its bytes reached the client: move on."""
         self.retiring = False
         self.ctx.retire_deadlines.discard(self)
-        ph = self.rphase
-        if self.framed and ph != R_IDLE and (ph == R_BLIND or self.pending_error is None):
-            # framed, and not every answer passed whole: a response ran blind to the
-            # VM's close (the next answer would join its body), or the VM closed with
-            # answers owed (the next target's would pass for them). Our own error page
-            # may still follow a close that cut nothing
+        if self.framed and not self._may_move_on():
             if self.pending_error is None:
                 self.outcome = "RETIRE_UNFRAMED"
             self._hang_up()
@@ -829,13 +855,15 @@ class HttpConn(Relay):
             return False
         if rh is None:
             return False
-        del self.rbuf[: rh.size]
         if rh.interim:
+            del self.rbuf[: rh.size]
             down.write(rh.raw)
+            self.interim_sent = self.framed
             return True  # 100 Continue, 103 Early Hints: the response follows
-        if self.state == WAIT_UPGRADE and rh.status != 101:
-            self.state = READ_HEAD  # framed: the Upgrade was declined; read on
-            self.ctx.reactor.soon(self._resume)
+        if self.framed and not self.pooled and not self._final_fits(rh.status):
+            return False
+        del self.rbuf[: rh.size]
+        self.interim_sent = False
         self.reusable = rh.keep_alive
         if rh.body is Body.LENGTH:
             # the head and the body bytes already here go in one send: one segment
@@ -861,6 +889,20 @@ class HttpConn(Relay):
             self.ctx.reactor.soon(self._resume)
         self._go_blind()
         return False
+
+    def _final_fits(self, status: int) -> bool:
+        """Framed: may this final answer's status answer the request it is owed to? A 101
+        only answers the Upgrade request the client waits on (the last one sent); to
+        any other it would make a tunnel of the connection, and the client's next
+        requests, for any host, would go to this VM unrouted: 502 instead."""
+        upgrade = self.state == WAIT_UPGRADE and not self.asked
+        if status == 101 and not upgrade:
+            self._bad_answer("The shed switched protocols for a request that asked for no upgrade.")
+            return False
+        if upgrade and status != 101:
+            self.state = READ_HEAD  # the Upgrade was declined: read on
+            self.ctx.reactor.soon(self._resume)
+        return True
 
     def _go_blind(self) -> None:
         """Relay the rest as it comes, to the VM's close; the upstream is not kept."""
@@ -1007,6 +1049,7 @@ class HttpConn(Relay):
             # An upstream still connecting, or still in its Connect API handshake, has
             # been sent no request: it owes no answer
             self.pending_error = (err, headers)
+            self.failed_sent = self.state in (BODY, CHUNKED)
             self.state = ROUTING
             if not self.retiring:
                 self._retire()

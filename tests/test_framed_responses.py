@@ -250,6 +250,78 @@ def test_a_vm_closing_with_an_answer_owed_ends_the_connection_before_another_she
     assert w.alpha.accepted == 0
 
 
+@pytest.mark.parametrize(
+    "pipelined", [False, True], ids=["a-plain-request", "before-the-upgrade-request"]
+)
+def test_a_101_to_a_request_that_asked_for_no_upgrade_gets_502(
+    world: Callable[..., World], pipelined: bool
+) -> None:
+    """Taken as a tunnel, a 101 to a plain GET would send the client's next requests,
+    for any host, to this VM unrouted (http.client reuses the connection after it)."""
+    w = world(lambda _: [(0.0, b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + FORGED)])
+    upgrade = f"GET /ws HTTP/1.1\r\nHost: {EVIL}\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    with w.splice.client() as c:
+        c.send(get(EVIL) + (upgrade.encode() if pipelined else b""))
+        assert_shed_error(c.read_response(), 502, "BAD_RESPONSE")
+        assert c.closed_by_peer()
+    assert outcome(w.splice) == "BAD_RESPONSE"
+
+
+def test_an_interim_answer_with_a_length_gets_502(world: Callable[..., World]) -> None:
+    """RFC 9110 §8.6: a 1xx has no length; nginx takes one that says ``Content-Length:
+    0`` for the final answer, and the real final answer would then answer its next
+    request, maybe for another shed."""
+    w = world(lambda _: [(0.0, b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\n\r\n" + REAL)])
+    with w.splice.client() as c:
+        c.send(get(EVIL) + get(ALPHA))
+        assert_shed_error(c.read_response(), 502, "BAD_RESPONSE")
+        assert c.closed_by_peer()
+    assert w.alpha.accepted == 0
+
+
+def test_another_target_while_a_final_answer_follows_a_1xx_ends_the_connection(
+    world: Callable[..., World],
+) -> None:
+    """nginx takes a 103 to a HEAD for the final answer and sends its next request, for
+    another shed. The VM's real final answer, coming later, must not answer that one."""
+    w = world(lambda _: [(0.0, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"), (0.4, FORGED)])
+    with w.splice.client() as c:
+        c.send(f"HEAD / HTTP/1.1\r\nHost: {EVIL}\r\n\r\n".encode())
+        assert c.read_head()[0] == 103
+        c.send(get(ALPHA))
+        assert c.read_to_eof() == b""
+    assert w.alpha.accepted == 0
+    assert outcome(w.splice) == "RETIRE_UNFRAMED"
+
+
+@pytest.mark.parametrize("answers", [False, True], ids=["closes-unanswered", "answers"])
+def test_an_error_page_follows_only_the_answers_owed_before_it(
+    world: Callable[..., World], answers: bool
+) -> None:
+    """The client pipelines a request to evil and one splice refuses (no such shed). The
+    page answers the second request: after evil's answer, never in place of it."""
+    w = world(lambda _: [(0.0, REAL)] if answers else [], close_after=True)
+    with w.splice.client() as c:
+        c.send(get(EVIL) + get(f"nosuch.{DOMAIN}"))
+        if answers:
+            assert c.read_response().body == b"real"
+            assert_shed_error(c.read_response(), 404, "SHED_NOT_FOUND")
+            assert c.closed_by_peer()
+        else:
+            assert c.read_to_eof() == b""
+
+
+def test_a_chunk_size_past_a_64_bit_count_ends_the_answer(world: Callable[..., World]) -> None:
+    """``FFFFFFFFFFFFFFFF`` (2**64 - 1) overflowed the compiled copy loop's count."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    w = world(lambda _: [(0.0, head), (0.1, b"FFFFFFFFFFFFFFFF\r\nabc")])
+    with w.splice.client() as c:
+        c.send(get(EVIL))
+        assert c.read_head()[0] == 200
+        assert c.read_to_eof() == b""
+    assert outcome(w.splice) == "BAD_RESPONSE"
+
+
 def test_a_declined_upgrade_is_framed_and_the_connection_goes_on(
     world: Callable[..., World],
 ) -> None:

@@ -18,6 +18,9 @@ from splice.errors import ProtocolError
 MAX_LINE = 4096
 #: 16 hex digits is 2**64: more is an overflow attempt
 MAX_SIZE_DIGITS = 16
+#: a size must fit a signed 64-bit count (the compiled copy loop's ``Py_ssize_t``);
+#: no chunk is 8 EiB
+MAX_SIZE = (1 << 63) - 1
 
 # chunk = chunk-size [ chunk-ext ] CRLF ; chunk-size = 1*HEXDIG
 # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
@@ -81,6 +84,8 @@ class ChunkedFraming:
             if m is None:
                 raise ProtocolError("bad chunk size line")
             self.remaining = int(m.group(1), 16)
+            if self.remaining > MAX_SIZE:
+                raise ProtocolError("chunk size too large")
             self.state = State.DATA if self.remaining else State.TRAILER
         elif self.state is State.DATA_END:
             if line:

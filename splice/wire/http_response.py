@@ -125,6 +125,10 @@ def parse_response_head(
     minor, status, fields, head = got
     size = len(head)
     if 100 <= status < 200 and status != 101:
+        if any(name != b"connection" for name, _ in fields):
+            # RFC 9110 §8.6, §6.4.1: a 1xx carries no length. One that does may be taken
+            # for the final answer by a client (nginx does): not ours to pass on
+            raise ProtocolError("an interim response with Content-Length or Transfer-Encoding")
         return ResponseHead(status, Body.NONE, 0, True, True, head, size)
     keep_alive = minor == b"1"
     length: int | None = None

@@ -29,6 +29,11 @@ class TestScan:
         assert c.scan(b"5;ext\r\nhel") == 10
         assert (c.state, c.remaining) == (State.DATA, 2)
 
+    def test_the_largest_size_a_signed_64_bit_count_holds_is_taken(self) -> None:
+        c = ChunkedFraming()
+        assert c.scan(b"7fffffffffffffff\r\n") == 18
+        assert c.remaining == (1 << 63) - 1
+
     def test_spliced_chunk_data_is_accounted_for(self) -> None:
         c = ChunkedFraming()
         assert c.scan(b"100000\r\n") == 8
@@ -39,8 +44,9 @@ class TestScan:
     @pytest.mark.parametrize(
         "data",
         [b"zz\r\n", b"\r\n", b"5\r\nhelloX\r\n", b"0\r\nbad trailer\r\n\r\n",
-         b"11111111111111111\r\n"],
-        ids=["not-hex", "empty-size", "data-too-long", "bad-trailer", "size-overflow"],
+         b"11111111111111111\r\n", b"8000000000000000\r\n", b"FFFFFFFFFFFFFFFF\r\n"],
+        ids=["not-hex", "empty-size", "data-too-long", "bad-trailer", "size-overflow",
+             "size-past-ssize_t", "size-2**64-1"],
     )  # fmt: skip
     def test_malformed_framing_is_a_protocol_error(self, data: bytes) -> None:
         with pytest.raises(ProtocolError):

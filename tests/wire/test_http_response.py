@@ -88,6 +88,10 @@ class TestFraming:
         r = parse(OK, head_request=True)
         assert (r.body, r.keep_alive) == (Body.NONE, True)
 
+    def test_an_interim_response_may_say_connection(self) -> None:
+        r = parse(b"HTTP/1.1 103 Early Hints\r\nConnection: keep-alive\r\nLink: </a>\r\n\r\n")
+        assert r.interim and r.status == 103
+
     def test_interim_responses_pass_unchanged(self) -> None:
         data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
         r = parse(data)
@@ -134,6 +138,8 @@ class TestNotTaken:
             b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
