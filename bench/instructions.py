@@ -11,7 +11,7 @@ ClientHello in C").
 
     python -m bench.instructions tls --ops 300
     python -m bench.instructions keepalive --ops 300 --build /tmp/old-build
-    python -m bench.instructions keepalive --ops 300 --setting 'frame_responses="all"'
+    python -m bench.instructions keepalive --ops 300 --setting 'frame_responses="fronts"'
 """
 
 from __future__ import annotations

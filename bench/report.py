@@ -118,7 +118,7 @@ def markdown(res: Results, image_prefix: str, plot_kinds: tuple[str, ...] = ()) 
 #: the peers "best peer" is taken over (whichever ran)
 PEERS = ("haproxy-tcp", "haproxy-http", "nginx", "caddy", "sniproxy")
 #: splice targets that change one config key; compared with plain splice
-VARIANTS = ("splice-first", "splice-framed", "splice-2w", "splice-admin", "splice-connect")
+VARIANTS = ("splice-first", "splice-blind", "splice-2w", "splice-admin", "splice-connect")
 
 
 def _med(res: Results, sc: str, target: str, key: str) -> float | None:

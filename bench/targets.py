@@ -490,19 +490,18 @@ class SpliceFirst(Splice):
         return "route_each_request = false\n"
 
 
-class SpliceFramed(Splice):
-    """``frame_responses = "all"``: every answer framed, as on a front's connections
-    (the default frames only those): the price of knowing which request each byte
-    answers, against HAProxy http, which always frames."""
+class SpliceBlind(Splice):
+    """``frame_responses = "fronts"``: the bench's client is no front, so its answers are
+    relayed blind, not framed (the default): what framing every answer costs."""
 
     with_tls = False
 
     def __init__(self) -> None:
-        super().__init__("splice-framed", only=("keepalive",))
-        self.about = 'frame_responses = "all" (every answer framed, as for trusted fronts)'
+        super().__init__("splice-blind", only=("keepalive",))
+        self.about = 'frame_responses = "fronts" (answers to this client relayed blind)'
 
     def _top(self, env: Env, be: Backend) -> str:
-        return 'frame_responses = "all"\n'
+        return 'frame_responses = "fronts"\n'
 
 
 class SpliceInterpreted(Splice):
@@ -1107,7 +1106,7 @@ def all_targets() -> list[Target]:
     splice's variants (each only in its own scenarios), then the forward proxies."""
     return [
         Direct(), Splice(), HaproxyTcp(), HaproxyHttp(), NginxProxy(), Caddy(), Sniproxy(),
-        SpliceInterpreted(), SpliceFirst(), SpliceFramed(), SpliceWorkers(2), SpliceAdmin(),
+        SpliceInterpreted(), SpliceFirst(), SpliceBlind(), SpliceWorkers(2), SpliceAdmin(),
         SpliceConnect(), SpliceShed(), SpliceForward(), Tinyproxy(), SpliceReplay(),
         SpliceRecord(), PyFloor(),
     ]  # fmt: skip

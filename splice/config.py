@@ -137,9 +137,10 @@ class Config:
     #: (the v0.1 behaviour, kept for benchmarks; unsafe behind a front that pools)
     route_each_request: bool = True
     #: whose keep-alive connections have every response framed, so that bytes a VM
-    #: sends past its answers never reach the client: "fronts" (``trusted_fronts``,
-    #: which may pool one connection across sheds) or "all"
-    frame_responses: str = "fronts"
+    #: sends past its answers never reach the client: "all", or "fronts" (only
+    #: ``trusted_fronts``, which may pool one connection across sheds; the others are
+    #: relayed blind, which lets answers HTTP cannot frame through)
+    frame_responses: str = "all"
     #: idle upstream connections kept per (shed, port) for the next ``Connection: close``
     #: request; 0 turns upstream keep-alive off
     upstream_keepalive: int = UPSTREAM_KEEPALIVE
@@ -243,7 +244,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         trusted_fronts=_cidrs("trusted_fronts", data),
         route_each_request=_bool("route_each_request", data.get("route_each_request", True)),
         frame_responses=_choice(
-            "frame_responses", data.get("frame_responses", "fronts"), FRAME_RESPONSES
+            "frame_responses", data.get("frame_responses", "all"), FRAME_RESPONSES
         ),
         upstream_keepalive=_int(
             "upstream_keepalive", data.get("upstream_keepalive", UPSTREAM_KEEPALIVE), 0, 65536

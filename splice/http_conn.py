@@ -190,8 +190,10 @@ class HttpConn(Relay):
     def _frames(self, ctx: Context, peer: str) -> bool:
         """Frame this connection's responses? Blind, bytes a VM sends past its last
         answer would reach the client as the answer to its next request, which may be
-        for another shed: only a client that pools one connection across sheds (a
-        front) can meet that, so by default only fronts pay for the framing."""
+        for another shed: a client that pools one connection across sheds (a front)
+        meets that. Framing costs about what the blind relay does (bench README,
+        "Framed answers"), so every connection gets it unless ``frame_responses`` keeps
+        it to fronts."""
         cfg = ctx.cfg
         if not (cfg.route_each_request or self.ALWAYS_ROUTE):
             return False  # the requests after the first are not seen: nor are answers

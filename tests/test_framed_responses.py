@@ -3,11 +3,11 @@
 A front (Caddy, nginx) pools its connections to splice across Host names, so one
 client connection carries requests for sheds of different people. Relayed blind,
 bytes a VM sends past its last answer would reach the front as the answer to its
-next request, maybe one for another shed. On a connection from ``trusted_fronts``
-(or every connection, ``frame_responses = "all"``) splice frames each answer: it
-knows which request each byte answers, drops the old VM at once when the next
-request goes elsewhere, ends the connection when a VM speaks unasked, and answers
-502 when a VM's answer cannot be framed.
+next request, maybe one for another shed. On every connection (the default
+``frame_responses = "all"``; with ``"fronts"``, on those from ``trusted_fronts``)
+splice frames each answer: it knows which request each byte answers, drops the old
+VM at once when the next request goes elsewhere, ends the connection when a VM
+speaks unasked, and answers 502 when a VM's answer cannot be framed.
 
 The hostile VM is ``ScriptedVm``: it reads request heads and writes exactly the
 bytes a test scripts for them, when the test says.
@@ -340,18 +340,18 @@ def test_a_declined_upgrade_is_framed_and_the_connection_goes_on(
 @pytest.mark.parametrize(
     ("settings", "framed"),
     [
-        ({}, True),  # the front, by default
-        ({"trusted_fronts": ["127.0.0.2/32"]}, False),  # not a front: a browser's connection
-        ({"trusted_fronts": [], "frame_responses": "all"}, True),
-        ({"route_each_request": False, "frame_responses": "all"}, False),
+        ({"trusted_fronts": []}, True),  # everyone, by default
+        ({"frame_responses": "fronts"}, True),  # the front
+        ({"trusted_fronts": ["127.0.0.2/32"], "frame_responses": "fronts"}, False),
+        ({"route_each_request": False}, False),
     ],
-    ids=["front", "not-a-front", "all", "first-request-only"],
+    ids=["default", "fronts-a-front", "fronts-not-a-front", "first-request-only"],
 )
-def test_framing_goes_to_fronts_by_default_and_to_everyone_with_all(
+def test_framing_goes_to_everyone_by_default_and_to_fronts_only_with_fronts(
     world: Callable[..., World], settings: dict[str, object], framed: bool
 ) -> None:
-    """Unframed (the README's known limit, for connections that keep to one host, and
-    for ``route_each_request = false``), the bytes a VM sends unasked reach the client."""
+    """Unframed (``frame_responses = "fronts"`` for a client that is not a front, and
+    ``route_each_request = false``), the bytes a VM sends unasked reach the client."""
     w = world(lambda _: [(0.0, REAL), (0.2, FORGED)], **settings)
     with w.splice.client() as c:
         c.send(get(EVIL))
@@ -368,7 +368,7 @@ def test_frame_responses_takes_only_its_values(tmp_path: Path) -> None:
     conf.write_text('frame_responses = "some"\n' + base)
     with pytest.raises(ConfigError, match="frame_responses"):
         load_config(str(conf))
-    conf.write_text('frame_responses = "all"\n' + base)
-    assert load_config(str(conf)).frame_responses == "all"
-    conf.write_text(base)
+    conf.write_text('frame_responses = "fronts"\n' + base)
     assert load_config(str(conf)).frame_responses == "fronts"
+    conf.write_text(base)
+    assert load_config(str(conf)).frame_responses == "all"

@@ -90,15 +90,15 @@ BAD_CHUNKS = [
 CHUNKED_HEAD = f"POST /c HTTP/1.1\r\nHost: {ALPHA}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
 
 
-@pytest.fixture(params=["blind", "framed"])
+@pytest.fixture(params=["framed", "blind"])
 def start_splice(request: pytest.FixtureRequest, start_splice: StartSplice) -> StartSplice:
-    """Every test here twice: answers relayed blind (a browser's connection, the default)
-    and framed (``frame_responses = "all"``, what a front's connections get)."""
-    if request.param == "blind":
+    """Every test here twice: answers framed (the default) and relayed blind
+    (``frame_responses = "fronts"``, what a client that is not a front then gets)."""
+    if request.param == "framed":
         return start_splice
 
     def start(sheds: dict[str, object], **settings: object) -> SpliceProcess:
-        return start_splice(sheds, frame_responses="all", **settings)
+        return start_splice(sheds, frame_responses="fronts", **settings)
 
     return start
 
