@@ -3,11 +3,16 @@
 The client -> VM direction follows HTTP/1.1 framing: read a head, route it, forward
 it, then forward exactly its body (Content-Length: spliced for its length;
 chunked: passed on by its chunk framing), then read the next head. The VM ->
-client direction is a blind splice. A request for the upstream already open goes
-down it; a request for another shed or port first retires the old upstream: its
-write side is shut, its last response flows to the client until the VM closes,
-and only then is the new target dialled. So no response is cut short, even for a
-client that pipelines across sheds; it only waits.
+client direction follows the answers' framing too (``framed``, the default
+``frame_responses = "all"``): each request sent is owed one answer, and VM bytes
+past them are nobody's, so they never pass for the answer to a later request, which
+on a connection a front pools across sheds may be another person's. Unframed
+(``"fronts"``, a client that is not one) it is a blind splice. A request for the
+upstream already open goes down it; a request for another shed or port first
+retires the old upstream: framed, it is dropped once every answer owed has passed;
+blind, its write side is shut and its last response flows to the client until the
+VM closes. Only then is the new target dialled. So no response is cut short, even
+for a client that pipelines across sheds; it only waits.
 
 After an Upgrade request the client is not read until the VM answers: ``101``
 turns both directions into a blind splice for good; anything else and request
