@@ -600,9 +600,7 @@ class HttpConn(Relay):
             # framed, a 1xx passed and its final answer is still owed: a client that took
             # the 1xx for the end (nginx does, for a HEAD) would take that final answer
             # for the next target's
-            if self.pending_error is None:
-                self.outcome = "RETIRE_UNFRAMED"
-            self._hang_up()
+            self._unframed_end()
             return
         if self.rphase == R_IDLE:  # framed, and nothing is owed: on at once
             if self._old_upstream_done():
@@ -647,21 +645,23 @@ class HttpConn(Relay):
         a page would be a second answer). Otherwise a response ran blind to the VM's
         close (the next answer would join its body), or the VM closed with answers
         owed (the next would pass for them)."""
-        ph = self.rphase
+        if self.pending_error is not None and self.failed_sent:
+            return self.rphase == R_HEAD and not self.asked
+        return self.rphase == R_IDLE
+
+    def _unframed_end(self) -> None:
+        """Framed, the next answer cannot safely follow: the connection ends here (with
+        the error's outcome when an error page was waiting, which is not sent)."""
         if self.pending_error is None:
-            return ph == R_IDLE
-        if self.failed_sent:
-            return ph == R_HEAD and not self.asked
-        return ph == R_IDLE
+            self.outcome = "RETIRE_UNFRAMED"
+        self._hang_up()
 
     def _retired(self) -> None:
         """The old upstream is done and its bytes reached the client: move on."""
         self.retiring = False
         self.ctx.retire_deadlines.discard(self)
         if self.framed and not self._may_move_on():
-            if self.pending_error is None:
-                self.outcome = "RETIRE_UNFRAMED"
-            self._hang_up()
+            self._unframed_end()
             return
         self.drop_upstream()
         self.up_done = False
