@@ -48,7 +48,12 @@ from splice.routing.route import split_absolute_form, split_port_prefix
 from splice.wire.chunked import ChunkedFraming, State
 from splice.wire.forwarded import rewrite_forwarded
 from splice.wire.http_head import Head, parse_head
-from splice.wire.http_response import Body, parse_response_head, without_connection_fields
+from splice.wire.http_response import (
+    Body,
+    ResponseHead,
+    parse_response_head,
+    without_connection_fields,
+)
 
 if TYPE_CHECKING:
     from splice.config import ListenConfig
@@ -863,20 +868,17 @@ class HttpConn(Relay):
         if rh is None:
             return False
         if rh.interim:
-            del self.rbuf[: rh.size]
-            down.write(rh.raw)
+            self._send_head(rh, 0)
             self.interim_sent = self.framed
             return True  # 100 Continue, 103 Early Hints: the response follows
         if self.framed and not self.pooled and not self._final_fits(rh.status):
             return False
-        del self.rbuf[: rh.size]
         self.interim_sent = False
         self.reusable = rh.keep_alive
         if rh.body is Body.LENGTH:
             # the head and the body bytes already here go in one send: one segment
-            k = min(rh.length, len(self.rbuf))
-            down.write(rh.raw + self.rbuf[:k])
-            del self.rbuf[:k]
+            k = min(rh.length, len(self.rbuf) - rh.size)
+            self._send_head(rh, k)
             self.rleft = rh.length - k
             if self.rleft:
                 self.rphase = R_LENGTH
@@ -884,10 +886,11 @@ class HttpConn(Relay):
             self._response_done()
             return True
         if rh.body is Body.CHUNKED:
+            del self.rbuf[: rh.size]
             self.rchunk = ChunkedFraming()
             self.rphase = R_CHUNKED
             return self._pass_chunks(rh.raw)
-        down.write(rh.raw)
+        self._send_head(rh, 0)
         if rh.body is Body.NONE:
             self._response_done()
             return True
@@ -896,6 +899,25 @@ class HttpConn(Relay):
             self.ctx.reactor.soon(self._resume)
         self._go_blind()
         return False
+
+    def _send_head(self, rh: ResponseHead, body: int) -> None:
+        """Send the head and the ``body`` bytes after it in ``rbuf``, in one write, and
+        drop them from ``rbuf``. Unless the head was rewritten (a pooled exchange), it
+        is the VM's bytes as they came: sent from ``rbuf`` itself, with no copy when
+        they are all it holds (one answer per read, the usual case)."""
+        down = self.down
+        assert down is not None
+        rbuf = self.rbuf
+        n = rh.size + body
+        if self.pooled:
+            down.write(rh.raw + rbuf[rh.size : n])
+        elif n == len(rbuf):
+            down.write(rbuf)  # a blocked write keeps a copy
+            rbuf.clear()
+            return
+        else:
+            down.write(rbuf[:n])
+        del rbuf[:n]
 
     def _final_fits(self, status: int) -> bool:
         """Framed: may this final answer's status answer the request it is owed to? A 101

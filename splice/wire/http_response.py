@@ -111,10 +111,11 @@ def parse_response_head(
             malformed or oversized head, conflicting framing fields). The caller
             then relays the bytes untouched and does not reuse the connection.
     """
+    scan = SCAN  # one look in the module's dict, not two
     got = (
         scan_strict(buf, max_head, _FRAMING_NAMES)
-        if SCAN is None
-        else SCAN(buf, max_head, _FRAMING_NAMES)
+        if scan is None
+        else scan(buf, max_head, _FRAMING_NAMES)
     )
     if got is None:
         if buf.find(b"\r\n\r\n", 0, max_head) >= 0:

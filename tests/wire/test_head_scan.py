@@ -202,6 +202,18 @@ class TestResponseTwins:
         assert got is not None and got[:3] == (b"1", 404, [(b"content-length", b"0")])
 
 
+@pytest.mark.parametrize("byte", [0x00, 0x09, 0x0A, 0x0D, 0x1F, 0x20, 0x3A, 0x7E, 0x7F, 0x80, 0xFF])
+def test_each_kind_of_byte_at_each_place_of_a_value(req: Pair, resp: Pair, byte: int) -> None:
+    """The value scan strides 8 bytes at a time and leaves a word with a refused byte, or
+    HTAB, to the byte loop: whatever the byte's place in the word, both agree."""
+    for n in range(1, 27):
+        for at in range(n):
+            value = bytearray(b"v" * n)
+            value[at] = byte
+            req.agree(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\nX: y\r\n\r\n")
+            resp.agree(b"HTTP/1.1 200 " + value + b"\r\nConnection: " + value + b"\r\n\r\n")
+
+
 class TestArguments:
     def test_any_bytes_like_object_is_read(self, req: Pair) -> None:
         data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
