@@ -132,6 +132,7 @@ class HttpConn(Relay):
         "served",
         "state",
         "udrained",
+        "wants_close",
     )
 
     #: requests that close their connection may use pooled keep-alive upstreams
@@ -195,6 +196,8 @@ class HttpConn(Relay):
         self.interim_sent = False
         #: the request of ``pending_error`` had gone to the VM (an error in its body)
         self.failed_sent = False
+        #: the last request sent asked to end the connection after its answer
+        self.wants_close = False
         self.start()
 
     def _frames(self, ctx: Context, peer: str) -> bool:
@@ -568,6 +571,7 @@ class HttpConn(Relay):
         self.dial_t = _clock()
         if self.framed and not self.pooled:
             self._expect(head.method == b"HEAD")
+            self.wants_close = head.close
         if head.chunked:
             self.chunk = ChunkedFraming()
             self.state = CHUNKED
@@ -684,7 +688,35 @@ class HttpConn(Relay):
             if self.down is None or self.down.idle:
                 self._retired()
             return
+        if self._idle_vm_left():
+            return
         super().on_upstream_eof()
+
+    def _idle_vm_left(self) -> bool:
+        """Framed, with nothing owed and no request on its way: the VM ended a keep-alive
+        connection its last answer said it would keep (its own idle timeout, a restart).
+        Drop it and keep the client, whose next request dials again. Passed on, the
+        VM's FIN would end the client's connection too, and a front that pools it
+        (Caddy, nginx) may have a request for another shed on its way, which would get
+        no answer."""
+        if (
+            self.rphase != R_IDLE
+            or self.wants_close  # the VM's close is the end the client asked for,
+            or not self.reusable  # or the one its answer announced (close, HTTP/1.0)
+            or self.retiring
+            or self.client_done
+            or self.ctx.draining
+            or self.state not in (READ_HEAD, ROUTING)
+            or self.next is not None  # a new upstream is opening: not this one's end
+            or self.handshake is not None
+            or not (self.down is None or self.down.idle)  # its bytes still on their way
+        ):
+            return False
+        self.route_host = None  # the same Host dials again: no shortcut to a dropped VM
+        self.drop_upstream()
+        self.rbuf.clear()
+        self.udrained = False
+        return True
 
     def down_writable(self) -> None:
         down = self.down
@@ -830,6 +862,8 @@ class HttpConn(Relay):
         try:
             n = read_onto(self.up, self.ufd, self.rbuf)
         except ConnectionError:
+            if self._idle_vm_left():
+                return False  # a reset between answers ends the VM's side only
             if self.got_answer or self.replay is None:
                 raise
             self._redial()

@@ -56,6 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # the socket's timeout: idle this long between requests, the VM closes
+        self.connection.settimeout(self.server.idle_timeout)
         with self.server.lock:
             self.server.connections += 1
 
@@ -117,9 +119,11 @@ class NamedVM(ThreadingHTTPServer):
     daemon_threads = False  # server_close joins every connection thread
     block_on_close = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, idle_timeout: float = IO_TIMEOUT) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
+        #: a connection idle this long is closed by the VM (its keep-alive timeout)
+        self.idle_timeout = idle_timeout
         self.port = int(self.server_address[1])
         self.lock = threading.Lock()
         self.connections = 0

@@ -54,9 +54,11 @@ class ScriptedVm(Upstream):
     the end (or ``close_after``: closes once the script is written)."""
 
     def __init__(self, name: str, script: Script, wait_for: int = 1,
-                 close_after: bool = False) -> None:  # fmt: skip
+                 close_after: bool = False, reset: bool = False) -> None:  # fmt: skip
         super().__init__(name)
         self.script, self.wait_for, self.close_after = script, wait_for, close_after
+        #: with ``close_after``: end with a reset, not a FIN
+        self.reset = reset
 
     def serve(self, sock: socket.socket, rec: ConnRecord) -> None:
         buf = b""
@@ -76,6 +78,8 @@ class ScriptedVm(Upstream):
                     time.sleep(delay)
                     sock.sendall(piece)
                 if self.close_after:
+                    if self.reset:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                     return
 
 
@@ -91,11 +95,11 @@ def world(make_app: MakeApp, start_splice: StartSplice) -> Iterator[Callable[...
     vms: list[ScriptedVm] = []
 
     def make(script: Script, *, wait_for: int = 1, close_after: bool = False,
-             **settings: object) -> World:  # fmt: skip
+             reset: bool = False, front: bool = True, **settings: object) -> World:  # fmt: skip
         alpha = make_app("alpha")
-        vm = ScriptedVm("evil", script, wait_for, close_after)
+        vm = ScriptedVm("evil", script, wait_for, close_after, reset)
         vms.append(vm)
-        cfg = {**FRONTS, **settings}
+        cfg = {**(FRONTS if front else {}), **settings}
         s = start_splice({"alpha": shed(alpha), "evil": shed(vm)}, **cfg)
         return World(s, alpha, vm)
 
@@ -257,6 +261,72 @@ def test_a_vm_closing_with_an_answer_owed_ends_the_connection_before_another_she
     with w.splice.client() as c:
         c.send(get(EVIL, "/1") + get(EVIL, "/2") + get(ALPHA))
         assert c.read_response().body == b"real"
+        assert c.read_to_eof() == b""
+    assert w.alpha.accepted == 0
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
+def test_a_vm_ending_an_idle_connection_leaves_the_clients_open(
+    world: Callable[..., World], reset: bool
+) -> None:
+    """A VM closes its side of a keep-alive connection that owes nothing (its own idle
+    timeout). Framed, splice knows nothing is lost: it drops that VM and keeps the
+    front's connection, whose next requests (another shed's, the same shed's on a new
+    VM connection) are answered. Passed on, the close would end the front's pooled
+    connection under a request it may have on its way."""
+    w = world(lambda _: [(0.0, REAL)], close_after=True, reset=reset)
+    with w.splice.client() as c:
+        c.send(get(EVIL))
+        assert c.read_response().body == b"real"
+        w.vm.wait_done(0)
+        time.sleep(0.2)  # the close has reached splice
+        c.send(get(ALPHA, "/after"))
+        assert c.read_response().json()["target"] == "/after"
+        c.send(get(EVIL))
+        assert c.read_response().body == b"real"
+    assert w.vm.accepted == 2
+    assert outcome(w.splice) == "OK"
+
+
+@pytest.mark.parametrize(
+    ("answer", "close_field"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nreal", ""),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nreal", ""),
+        (REAL, "Connection: close\r\n"),
+    ],
+    ids=["the-answer-said-close", "an-http-1.0-answer", "the-request-said-close"],
+)
+def test_a_vm_close_that_was_announced_ends_the_clients(
+    world: Callable[..., World], answer: bytes, close_field: str
+) -> None:
+    """When the answer said the connection ends (or the request asked it to), the VM's
+    close is that end, and the client waits for it: it passes on."""
+    w = world(lambda _: [(0.0, answer)], close_after=True)
+    with w.splice.client() as c:
+        c.send(f"GET / HTTP/1.1\r\nHost: {EVIL}\r\n{close_field}\r\n".encode())
+        assert c.read_response().body == b"real"
+        assert c.closed_by_peer()
+
+
+def test_blind_a_vm_ending_its_connection_ends_the_clients(world: Callable[..., World]) -> None:
+    """Relayed blind (``frame_responses = "fronts"``, a client that is no front), splice
+    cannot tell whether the VM's close cut an answer: the client sees it, as before."""
+    w = world(lambda _: [(0.0, REAL)], close_after=True, front=False, frame_responses="fronts")
+    with w.splice.client() as c:
+        c.send(get(EVIL))
+        assert c.read_response().body == b"real"
+        assert c.closed_by_peer()
+
+
+def test_a_vm_ending_its_connection_while_the_front_waits_ends_the_clients(
+    world: Callable[..., World],
+) -> None:
+    """With a request sent and its answer owed, the VM's close is not an idle one: the
+    client's connection ends (the front retries on a new one) and nothing else answers."""
+    w = world(lambda _: [], close_after=True)
+    with w.splice.client() as c:
+        c.send(get(EVIL))
         assert c.read_to_eof() == b""
     assert w.alpha.accepted == 0
 

@@ -172,3 +172,31 @@ def test_concurrent_clients_through_a_front_each_reach_the_vm_their_host_names(
     assert not errors, f"{front.kind}: {len(errors)} wrong answers: {errors[:5]}"
     lines = _connections_after_stop(front, splice)
     _assert_reused(lines, workers * per_worker, front)
+
+
+@pytest.mark.parametrize("kind", FRONTS)
+def test_a_vm_ending_idle_connections_leaves_the_fronts_pooled_ones_open(
+    kind: str, tmp_path: Path
+) -> None:
+    """The VM's keep-alive timeout (0.3 s here) ends its connection between the front's
+    requests. splice frames the front's connections and knows nothing was owed: it drops
+    the VM's and keeps the front's, so all the requests travel on one pooled connection
+    to splice (each on a new VM connection). Passing the VM's close on would end the
+    front's connection each time, and a request the front sent at that moment would be
+    lost."""
+    vm = NamedVM("alpha", idle_timeout=0.3)
+    splice = Splice(tmp_path, {"alpha": vm.port})
+    front = Front(kind, tmp_path, splice.port)
+    client = Client(front.port)
+    try:
+        for i in range(3):
+            if i:
+                time.sleep(0.8)  # the VM has closed its idle connection
+            _assert_answer(client.request("alpha"), "alpha", i, front)
+    finally:
+        client.close()
+        lines = _connections_after_stop(front, splice)
+        vm.close()
+    assert vm.connections == 3 and not vm.problems
+    assert len({line.split()[1] for line in lines}) == 1, lines
+    assert all(line.endswith(" OK") for line in lines), lines
