@@ -889,8 +889,6 @@ class HttpConn(Relay):
         """Forward a response head from ``rbuf``: True to go on with the loop (a head
         passed, maybe its whole response), False when the head is not all there yet or
         the rest is now relayed blind."""
-        down = self.down
-        assert down is not None
         try:
             rh = parse_response_head(self.rbuf, head_request=self.head_request, close=self.pooled)
         except ProtocolError as e:
