@@ -65,9 +65,16 @@ class Stopper:
         self.stop.set()
 
     def close(self) -> None:
+        """Remove the handlers; the process is on its way out. A SIGTERM or SIGHUP from
+        now on is ignored: with its default action, a second stop signal (a supervisor's
+        and a service manager's, or one sent again) or a reload that came during the
+        exit would kill the process and turn its clean exit into a death by signal
+        (-15: a supervisor counts that worker as failed and exits 1)."""
         loop = asyncio.get_running_loop()
         for sig in (*STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 async def start_admin(cfg: Config, backend: Backend) -> AdminServer | None:

@@ -6,7 +6,8 @@ Ports are pinned first (``splice.pins``), then each worker is spawned
 restarted after a backoff (``FIRST_BACKOFF`` doubling to ``MAX_BACKOFF``, reset once a
 worker has lived ``STABLE_AFTER``). SIGTERM/SIGINT are forwarded to every worker; the
 supervisor exits 0 once all have exited (a worker that was down when the stop came
-does not count against it; one starting again may still, a race not solved yet).
+does not count against it; one that finished starting as the stop came gets a second
+SIGTERM, which its exit ignores: ``Stopper.close``).
 SIGHUP and ``POST /reload`` re-read the config here and push it to the workers; one
 that was starting meanwhile gets it once it is up (``generation``), and later restarts
 start on it. Each worker enforces its share of every connection
