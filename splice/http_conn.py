@@ -707,15 +707,14 @@ class HttpConn(Relay):
             or self.client_done
             or self.ctx.draining
             or self.state not in (READ_HEAD, ROUTING)
-            or self.next is not None  # a new upstream is opening: not this one's end
-            or self.handshake is not None
+            or self.next is not None  # a new upstream is opening (or in its handshake)
             or not (self.down is None or self.down.idle)  # its bytes still on their way
         ):
             return False
+        # rbuf is empty here (bytes while nothing is owed end the connection) and the
+        # next upstream's events set udrained afresh: only the route shortcut goes
         self.route_host = None  # the same Host dials again: no shortcut to a dropped VM
         self.drop_upstream()
-        self.rbuf.clear()
-        self.udrained = False
         return True
 
     def down_writable(self) -> None:
