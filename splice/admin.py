@@ -6,12 +6,21 @@
 ``GET /routes``   JSON: listeners, configured sheds, resolver cache (``splice.routes``).
 ``POST /reload``  re-read the config file, like SIGHUP: 200, or 400 with the error.
 What answers is a ``Backend``: the server itself (one process) or the supervisor.
+
+Before any of that, a request a browser may have sent on a web page's behalf is refused
+with 403: a Host that names neither loopback (``localhost``, ``127.0.0.1``, ``[::1]``),
+the configured address, the address the connection came in on, nor ``allowed_hosts``
+(DNS rebinding), or an ``Origin`` that is not this listener (a cross-site POST). With
+``token_file`` every endpoint but ``/healthz`` then asks for ``Authorization: Bearer``
+(401 without it). Either answer leaves the connection open, like any other: the request
+was read whole, and a client may try again on it with what was missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from typing import Any, Protocol
@@ -20,6 +29,7 @@ import h11
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from splice import __version__
+from splice.config_ops import LOOPBACK_NAMES, AdminConfig, canonical_host
 from splice.exposition import render
 
 log = logging.getLogger("splice.admin")
@@ -47,11 +57,13 @@ class Backend(Protocol):
 
 
 class AdminServer:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, cfg: AdminConfig) -> None:
         self.backend = backend
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.address: tuple[str, int] = ("", 0)
+        self._names = {*LOOPBACK_NAMES, canonical_host(cfg.host), *cfg.allowed_hosts}
+        self._token = None if cfg.token is None else cfg.token.encode()
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._client, host, port)
@@ -68,8 +80,9 @@ class AdminServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        local = canonical_host(str(writer.get_extra_info("sockname")[0]))
         try:
-            while await self._one(conn, reader, writer):
+            while await self._one(conn, reader, writer, local):
                 conn.start_next_cycle()
         except (h11.ProtocolError, OSError, TimeoutError):
             pass  # a bad or silent client costs its own connection only
@@ -78,9 +91,14 @@ class AdminServer:
             writer.close()
 
     async def _one(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        local: str,
     ) -> bool:
-        """Serve one request; True when the connection may carry another."""
+        """Serve one request (``local``: the address it came in on); True when the
+        connection may carry another."""
         async with asyncio.timeout(IDLE_TIMEOUT):
             request = await _next(conn, reader, h11.Request)
         if request is None:
@@ -89,7 +107,10 @@ class AdminServer:
             if await _next(conn, reader, h11.EndOfMessage) is None:
                 return False
             try:
-                status, ctype, body = await self.answer(request.method.decode(), request.target)
+                refused = self._refuse(request, local)
+                status, ctype, body = refused or await self.answer(
+                    request.method.decode(), request.target
+                )
             except Exception:  # a bug here must cost one admin request, not the process
                 log.exception("admin request %s failed", request.target[:100])
                 status, ctype, body = 500, _TEXT, b"internal error; see the log\n"
@@ -100,12 +121,38 @@ class AdminServer:
             ("Server", f"splice/{__version__}"),
             ("Cache-Control", "no-store"),
         ]
+        if status == 401:
+            headers.append(("WWW-Authenticate", "Bearer"))
         out = conn.send(h11.Response(status_code=status, headers=headers))
         if request.method != b"HEAD":  # a HEAD answer has the GET's headers and no body
             out += conn.send(h11.Data(data=body))
         writer.write(out + conn.send(h11.EndOfMessage()))
         await writer.drain()
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def _refuse(self, request: h11.Request, local: str) -> Answer | None:
+        """403 for a Host or Origin that is not this listener, 401 without the token."""
+        port = self.address[1]
+        names = {*self._names, local}
+        for value in _fields(request, b"host"):
+            split = _authority(value)
+            if split is None or split[0] not in names or split[1] not in (None, port):
+                why = f"Host {value[:100]!r} is not this admin listener (see [admin] allowed_hosts)"
+                return 403, _TEXT, f"forbidden: {why}\n".encode()
+        for value in _fields(request, b"origin"):
+            split = _origin(value)
+            if split is None or split[0] not in names or split[1] != port:
+                why = f"Origin {value[:100]!r}: a web page may not use the admin listener"
+                return 403, _TEXT, f"forbidden: {why}\n".encode()
+        if self._token is None or request.target.partition(b"?")[0] == b"/healthz":
+            return None
+        auth = _fields(request, b"authorization")
+        scheme, _, given = auth[0].partition(" ") if len(auth) == 1 else ("", "", "")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("latin-1"), self._token
+        ):
+            return None
+        return 401, _TEXT, b"unauthorized: send Authorization: Bearer <[admin] token_file>\n"
 
     async def answer(self, method: str, target: bytes) -> Answer:
         path = target.decode("latin-1").partition("?")[0]
@@ -132,6 +179,37 @@ class AdminServer:
         if error is None:
             return 200, _TEXT, b"reloaded\n"
         return 400, _TEXT, f"reload refused: {error}\n".encode()
+
+
+def _fields(request: h11.Request, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in request.headers if k == name]
+
+
+def _authority(text: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` or ``[v6][:port]``: (the canonical host, the port or None); None
+    when it is neither."""
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in name:
+            return None
+    else:
+        name, colon, digits = text.partition(":")
+        rest = colon + digits
+    digits = rest[1:]
+    if rest and not (rest[0] == ":" and digits.isascii() and digits.isdigit() and len(digits) <= 5):
+        return None
+    return canonical_host(name), int(digits) if rest else None
+
+
+def _origin(text: str) -> tuple[str, int] | None:
+    """An Origin field's host and port (the scheme's own when it gives none)."""
+    scheme, sep, authority = text.partition("://")
+    default = {"http": 80, "https": 443}.get(scheme.lower())
+    split = _authority(authority) if sep else None
+    if split is None or default is None:
+        return None
+    name, port = split
+    return name, default if port is None else port
 
 
 async def _next(conn: h11.Connection, reader: asyncio.StreamReader, kind: type[Any]) -> Any:

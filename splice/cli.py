@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     where = r.add_mutually_exclusive_group(required=True)
     where.add_argument("-c", "--config", help="find the admin listener in this config")
     where.add_argument("--admin", metavar="HOST:PORT", help="the admin listener's address")
+    r.add_argument("--token-file", help="its bearer token (default: [admin] token_file of -c)")
     r.add_argument("--json", action="store_true", help="print the /routes JSON as it is")
     d = sub.add_parser("demo", help="serve two demo sheds on loopback behind splice")
     d.add_argument("--port", type=int, default=8081, help="splice's port (default 8081)")
@@ -90,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "check":
         return _check(args.config, args.reach)
     if args.cmd == "routes":
-        return _routes(args.config, args.admin, args.json)
+        return _routes(args.config, args.admin, args.json, args.token_file)
     from splice.demo import run_demo
 
     return run_demo(args.port)
@@ -140,10 +141,12 @@ def _check(path: str, reach: bool) -> int:
     return 0 if ok else 1
 
 
-def _routes(path: str | None, admin: str | None, as_json: bool) -> int:
+def _routes(path: str | None, admin: str | None, as_json: bool, token_file: str | None) -> int:
+    from splice.config_ops import read_token
     from splice.routes import fetch_routes, format_routes
 
     try:
+        token = None
         if admin is not None:
             host, port = parse_address("--admin", admin)
         else:
@@ -151,16 +154,21 @@ def _routes(path: str | None, admin: str | None, as_json: bool) -> int:
             cfg = load_config(path)
             if cfg.admin is None:
                 raise ConfigError("admin", f"{path} has no [admin] table; give --admin HOST:PORT")
-            host, port = cfg.admin.host, cfg.admin.port
+            host, port, token = cfg.admin.host, cfg.admin.port, cfg.admin.token
+        if token_file is not None:
+            token = read_token("--token-file", token_file)
     except ConfigError as e:
         print(f"splice: {e}", file=sys.stderr)
         return 1
     import h11
 
     try:
-        doc = fetch_routes(host, port)
-    except (OSError, ValueError) as e:
+        doc = fetch_routes(host, port, token)
+    except OSError as e:
         print(f"splice: no admin listener answers at {host}:{port} ({e})", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"splice: the admin listener at {host}:{port}: {e}", file=sys.stderr)
         return 1
     except h11.ProtocolError as e:  # something listens there, but it does not speak HTTP
         print(f"splice: {host}:{port} does not answer HTTP ({e})", file=sys.stderr)

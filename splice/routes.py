@@ -127,11 +127,15 @@ def format_routes(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fetch(host: str, port: int, target: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """A blocking GET on a loopback admin listener: (status, body)."""
+def fetch(
+    host: str, port: int, target: str, timeout: float = 5.0, token: str | None = None
+) -> tuple[int, bytes]:
+    """A blocking GET on an admin listener (with ``token`` as its bearer): (status, body)."""
     conn = h11.Connection(h11.CLIENT)
     with socket.create_connection((host, port), timeout=timeout) as sock:
         headers = [("Host", _hostport(host, port)), ("Connection", "close")]
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
         sock.sendall(conn.send(h11.Request(method="GET", target=target, headers=headers)))
         sock.sendall(conn.send(h11.EndOfMessage()))
         status, body = 0, bytearray()
@@ -149,11 +153,12 @@ def fetch(host: str, port: int, target: str, timeout: float = 5.0) -> tuple[int,
                 return status, bytes(body)
 
 
-def fetch_routes(host: str, port: int) -> dict[str, Any]:
+def fetch_routes(host: str, port: int, token: str | None = None) -> dict[str, Any]:
     """GET /routes from a running splice. Raises OSError, ValueError, h11.ProtocolError."""
-    status, body = fetch(host, port, "/routes")
+    status, body = fetch(host, port, "/routes", token=token)
     if status != 200:
-        raise ValueError(f"/routes answered HTTP {status}")
+        why = body.decode("utf-8", "replace").partition("\n")[0][:200]
+        raise ValueError(f"/routes answered HTTP {status}: {why}")
     doc = json.loads(body)
     if not isinstance(doc, dict):
         raise ValueError("/routes did not answer a JSON object")

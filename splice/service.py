@@ -81,7 +81,7 @@ async def start_admin(cfg: Config, backend: Backend) -> AdminServer | None:
     """The admin listener of ``cfg`` (None without ``[admin]``). Raises OSError."""
     if cfg.admin is None:
         return None
-    admin = AdminServer(backend)
+    admin = AdminServer(backend, cfg.admin)
     try:
         await admin.start(cfg.admin.host, cfg.admin.port)
     except OSError as e:
@@ -90,8 +90,8 @@ async def start_admin(cfg: Config, backend: Backend) -> AdminServer | None:
         raise OSError(e.errno, f"admin.address {where}: {why}") from None
     host, port = admin.address
     log.info("admin on http://%s/", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    if not cfg.admin.loopback:
-        log.warning("the admin listener is not on loopback: anyone who reaches it can reload")
+    if not cfg.admin.loopback and cfg.admin.token is None:
+        log.warning("the admin listener is off loopback, with no token_file: anyone can reload")
     return admin
 
 

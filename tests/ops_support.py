@@ -128,7 +128,8 @@ class OpsSplice:
 def http(port: int, path: str, method: str = "GET", host: str = "127.0.0.1") -> tuple[int, str]:
     """One request with ``Connection: close``: (status, body)."""
     with socket.create_connection((host, port), timeout=WAIT) as s:
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        request = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        s.sendall(request.encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
