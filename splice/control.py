@@ -26,7 +26,11 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 class ChannelClosed(ConnectionError):
-    """The other end is gone (or answered with an error)."""
+    """The other end is gone (or answered with an error: ``RemoteError``)."""
+
+
+class RemoteError(ChannelClosed):
+    """The other end answered the call with an error: it is there, and it said no."""
 
 
 class Channel:
@@ -66,7 +70,7 @@ class Channel:
                 if fut is None or fut.done():
                     continue  # answered after its caller gave up
                 if "error" in msg:
-                    fut.set_exception(ChannelClosed(str(msg["error"])))
+                    fut.set_exception(RemoteError(str(msg["error"])))
                 else:
                     fut.set_result(msg.get("result"))
         finally:

@@ -32,7 +32,7 @@ from typing import Any
 
 from splice.admin import AdminServer
 from splice.config import Config, fixed_at_start, parse_config
-from splice.control import ChannelClosed
+from splice.control import ChannelClosed, RemoteError
 from splice.errors import ConfigError
 from splice.exposition import merge, retire
 from splice.pins import Pins
@@ -269,7 +269,7 @@ class Supervisor:
                         w.index,
                         e or type(e).__name__,
                     )
-                    w.terminate()
+                    w.replace(self.grace() + STOP_GRACE)
                 return
             w.generation = generation
             log.info("worker %d (pid %d) brought to the reloaded config", w.index, w.pid)
@@ -288,10 +288,11 @@ class Supervisor:
             log.error("reload of %s refused (%s); the running config stays", self.path, e)
             return str(e)
         answers = await self._each("reload", config=data)
-        refused = [f"worker {w.index}: {r}" for w, r in answers if r]
-        if refused:
-            self.pins.abandon(pins)
+        refused = [f"worker {w.index}: {r}" for w, r in answers if isinstance(r, RemoteError)]
+        if refused:  # all or nothing: the workers that took it go back to the running one
             log.error("reload of %s refused by %s", self.path, "; ".join(refused))
+            await asyncio.gather(*(self._undo(w) for w, r in answers if r is None))
+            self.pins.abandon(pins)
             return "; ".join(refused)
         fixed = fixed_at_start(self.started, cfg)
         if fixed:
@@ -299,10 +300,27 @@ class Supervisor:
         self.pins.commit(pins)
         self.cfg, self.data = dataclasses.replace(cfg, log_format=self.cfg.log_format), data
         self.generation += 1
-        for w, _ in answers:
-            w.generation = self.generation
+        for w, r in answers:
+            if r is None:
+                w.generation = self.generation
+            elif w.chan is not None and not w.chan.closed:  # alive, and no answer in time
+                log.error("worker %d did not answer the reload; restarting it", w.index)
+                w.replace(self.grace() + STOP_GRACE)
+            # else it died: its restart spawns on the config just committed
         log.info("reloaded %s", self.path)
         return None
+
+    async def _undo(self, w: WorkerProc) -> None:
+        """Put ``w``, which took a reload another worker refused, back on the running
+        config; a worker that cannot be is restarted (on the running config)."""
+        try:
+            await w.call("reload", CALL_TIMEOUT, config=self.data)
+        except (ChannelClosed, TimeoutError) as e:
+            if w.chan is not None and not w.chan.closed:
+                log.error("worker %d could not undo the reload (%s); restarting it", w.index, e)
+                w.replace(self.grace() + STOP_GRACE)
+            return
+        log.info("reload undone in worker %d", w.index)
 
 
 def supervise(cfg: Config, path: str, *, drain: float | None, log_args: list[str]) -> int:

@@ -94,6 +94,21 @@ class WorkerProc:
     def terminate(self) -> None:
         self.send(signal.SIGTERM)
 
+    def replace(self, within: float) -> None:
+        """End a worker that failed a call, for its slot to start a new one: no calls from
+        now on, SIGTERM, and SIGKILL if it still runs ``within`` s later (a hung worker
+        may never get to its SIGTERM handler)."""
+        self.ready = False
+        self.terminate()
+        proc = self.proc
+
+        def kill() -> None:
+            if proc is not None and proc.poll() is None:
+                log.warning("worker %d (pid %d) did not exit; killing it", self.index, proc.pid)
+                proc.kill()
+
+        asyncio.get_running_loop().call_later(within, kill)
+
     async def reap(self, within: float) -> str:
         """Wait up to ``within`` s for the exit (then SIGKILL); how it exited."""
         self.ready = False

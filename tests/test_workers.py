@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -365,3 +366,98 @@ def test_a_dead_workers_gauges_leave_the_sums_its_counters_stay(
     assert idle <= value(before, "splice_upstream_idle") and worker_pids(s)["1"] == survivor
     assert value(after, "splice_connections_active") == 0
     assert value(after, "splice_connections_accepted_total") == SPREAD  # counters stay
+
+
+def reload_in_background(s: OpsSplice) -> Callable[[], tuple[int, str]]:
+    """POST /reload from a thread; the returned function waits for its answer."""
+    answer: list[tuple[int, str]] = []
+    thread = threading.Thread(target=lambda: answer.append(s.admin("/reload", "POST")))
+    thread.start()
+
+    def wait() -> tuple[int, str]:
+        thread.join(30.0)
+        assert answer, "the reload did not answer"
+        return answer[0]
+
+    return wait
+
+
+def test_a_worker_that_dies_during_a_reload_does_not_refuse_it(
+    start: Start, alpha: EchoApp, make_app: Callable[..., EchoApp]
+) -> None:
+    """A worker's death is no refusal: the reload stands, and the worker is restarted on
+    it. (It was refused, "worker 0: channel closed", while worker 1 had taken it: two
+    configs served at once, and the restarted worker 0 on the old one.)"""
+    beta = make_app("beta")
+    s = start(config({"alpha": shed(alpha)}))
+    victim = worker_pids(s)["0"]
+    assert victim in children(s.pid)
+    os.kill(victim, signal.SIGSTOP)  # it takes the reload call and never answers
+    try:
+        s.write(config({"alpha": shed(alpha), "beta": shed(beta)}))
+        answer = reload_in_background(s)
+        time.sleep(0.5)  # the call is on its way to the stopped worker
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    assert answer() == (200, "reloaded\n")
+    s.wait_log("worker 0 exited")
+    wait_until(lambda: len(worker_pids(s)) == 2 and victim not in worker_pids(s).values())
+    assert [fetch(s.port, "beta.test") for _ in range(SPREAD)] == [200] * SPREAD
+
+
+def test_a_worker_that_does_not_answer_a_reload_is_restarted_on_it(
+    start: Start, alpha: EchoApp, make_app: Callable[..., EchoApp]
+) -> None:
+    """A hung worker (no answer within the call's deadline) may or may not have the new
+    config: it is restarted, on the reloaded config. (The reload was refused with an
+    empty reason, "worker 0: ", and worker 0 went on with whatever it had.)"""
+    beta = make_app("beta")
+    s = start(config({"alpha": shed(alpha)}))
+    victim = worker_pids(s)["0"]
+    assert victim in children(s.pid)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        s.write(config({"alpha": shed(alpha), "beta": shed(beta)}))
+        assert s.admin("/reload", "POST") == (200, "reloaded\n")  # after the 5 s deadline
+        s.wait_log("worker 0 did not answer the reload")
+    finally:
+        os.kill(victim, signal.SIGCONT)  # it takes the supervisor's SIGTERM now
+    s.wait_log("worker 0 exited")
+    wait_until(lambda: len(worker_pids(s)) == 2 and victim not in worker_pids(s).values())
+    assert [fetch(s.port, "beta.test") for _ in range(SPREAD)] == [200] * SPREAD
+
+
+def test_a_reload_one_worker_refuses_is_undone_in_the_others(
+    start: Start, alpha: EchoApp, tmp_path: Path
+) -> None:
+    """All or nothing: when one worker refuses a reload (here worker 0 cannot open the new
+    listener's socket: its file limit is at its open count), the workers that took it go
+    back to the running config. (Worker 1 kept the new listener: the reload said
+    "refused" while half the instance served the new config.)"""
+    s = start(config({"alpha": shed(alpha)}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        extra = probe.getsockname()[1]
+    victim = worker_pids(s)["0"]
+    assert victim in children(s.pid)
+    limit = subprocess.run(
+        ["prlimit", f"--pid={victim}", "--nofile", "--raw", "--noheadings", "--output=SOFT,HARD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    open_fds = len(os.listdir(f"/proc/{victim}/fd"))
+    # the soft limit only: raising it again needs no privilege
+    subprocess.run(["prlimit", f"--pid={victim}", f"--nofile={open_fds}:{limit[1]}"], check=True)
+    listen = [{"address": "127.0.0.1:0"}, {"address": f"127.0.0.1:{extra}"}]
+    s.write(config({"alpha": shed(alpha)}, listen=listen))
+    try:
+        status, body = s.admin("/reload", "POST")
+    finally:  # it must accept connections again
+        subprocess.run(["prlimit", f"--pid={victim}", f"--nofile={':'.join(limit)}"], check=True)
+    assert status == 400 and "worker 0" in body and "Too many open files" in body, body
+    with pytest.raises(ConnectionRefusedError):  # nobody listens on the refused listener
+        socket.create_connection(("127.0.0.1", extra), timeout=2.0).close()
+    s.wait_log("reload undone in worker 1")
+    assert worker_pids(s)["0"] == victim  # it refused: nothing to restart
+    assert all(fetch(s.port, "alpha.test") == 200 for _ in range(SPREAD))
