@@ -110,8 +110,8 @@ def main() -> None:
             be.start()
             http, tls = free_ports(2)
             conf = work / "splice.toml"
-            top = "".join(f"{line}\n" for line in a.setting)  # before the config's tables
-            conf.write_text(top + Splice()._config(http, tls, env, be))  # the bench's splice
+            preamble = "".join(f"{line}\n" for line in a.setting)  # before the config's tables
+            conf.write_text(preamble + Splice()._config(http, tls, env, be))  # the bench's splice
             out = work / "callgrind.out"
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             argv += [sys.executable, "-m", "splice", "serve", "-c", str(conf)]

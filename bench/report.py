@@ -461,10 +461,12 @@ def _bars(ax: Any, sc: dict[str, Any], key: str, label: str, log: bool = False) 
 
 def plots(res: Results, prefix: Path) -> list[Path]:
     """throughput (bars per scenario), latency (p50/p99 per target), cost (CPU, memory)."""
-    import matplotlib
+    # matplotlib is the report's optional dependency (bench/README.md), not in the dev venv:
+    # missing there, checked against its own types where it is installed
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     scs = res["scenarios"]
     written: list[Path] = []

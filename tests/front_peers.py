@@ -53,6 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = IO_TIMEOUT
     server: NamedVM
+    # set by send_response/send_header, flushed by flush_headers; a CPython detail that
+    # typeshed leaves out, declared here for the one-write answer below
+    _headers_buffer: list[bytes]
 
     def setup(self) -> None:
         super().setup()

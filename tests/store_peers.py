@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -73,12 +73,12 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in ("echo", "slowecho"):
             if kind == "slowecho":
                 time.sleep(0.5)
-            doc = {
+            doc: dict[str, object] = {
                 "method": self.command,
                 "path": self.path,
                 "body": hashlib.sha256(body).hexdigest(),
+                "headers": [list(h) for h in self.headers.items()],
             }
-            doc["headers"] = [list(h) for h in self.headers.items()]
             self._send(json.dumps(doc).encode())
         elif kind in ("bytes", "slow"):
             if kind == "slow":
@@ -296,12 +296,18 @@ def full_writer(w: BlobWriter, room: int, *, at_flush: bool = False) -> BlobWrit
 
 
 def proxy_get(
-    port: int, url: str, method: str = "GET", body: bytes | None = None, **headers: str
+    port: int,
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    **fields: str,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request through the gateway at ``port``: (status, fields, body)."""
+    """One request through the gateway at ``port``: (status, fields, body). The request's
+    header fields are ``headers`` (names that are not identifiers) and the keywords."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     try:
-        conn.request(method, url, body=body, headers=headers)
+        conn.request(method, url, body=body, headers={**(headers or {}), **fields})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:

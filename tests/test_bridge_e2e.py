@@ -73,8 +73,8 @@ class Topology:
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
-    def run(self, ns: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *args], **kw)  # type: ignore[call-overload]
+    def run(self, ns: str, *args: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *args], stderr=stderr)
         self.procs.append(p)
         return p
 

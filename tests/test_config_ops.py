@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from splice.config import parse_config
+from splice.config import Config, parse_config
 from splice.config_ops import MAX_WORKERS, share_limits, worker_share
 from splice.errors import ConfigError
 from splice.service import Worker
@@ -60,6 +60,11 @@ def test_a_share_names_its_numbers() -> None:
             worker_share(10, 4, index)
 
 
+def _unlimited(cfg: Config) -> Config:
+    """``cfg`` with both global connection limits at 0 (unlimited)."""
+    return dataclasses.replace(cfg, max_connections=0, max_connections_per_shed=0)
+
+
 def test_share_limits_splits_every_connection_limit_and_nothing_else() -> None:
     cfg = parse_config(
         config(
@@ -77,10 +82,7 @@ def test_share_limits_splits_every_connection_limit_and_nothing_else() -> None:
     assert [c.sheds["alpha"].max_connections for c in got] == [1, 1, 1, 1]
     assert [c.sheds["beta"].max_connections for c in got] == [0, 0, 0, 0]
     for c in got:  # the rest of the config is untouched
-        unlimited = {"max_connections": 0, "max_connections_per_shed": 0}
-        assert dataclasses.replace(c, sheds=cfg.sheds, **unlimited) == dataclasses.replace(
-            cfg, **unlimited
-        )
+        assert _unlimited(dataclasses.replace(c, sheds=cfg.sheds)) == _unlimited(cfg)
         assert c.sheds["alpha"].address == "10.0.0.1" and c.sheds["alpha"].name == "alpha"
     assert share_limits(cfg, 1, 0) == cfg  # one worker: its share is the whole
 

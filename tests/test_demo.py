@@ -192,7 +192,9 @@ def test_curl_posts_a_body_and_the_vm_sees_the_request_as_sent(demo: Demo) -> No
     result = curl("-d", "some body", "-H", "X-Test: yes", demo.url("alpha", "/echo?x=1"))
     echo = echo_of(result)
     assert (echo["method"], echo["target"], echo["body_bytes"]) == ("POST", "/echo?x=1", 9)
-    headers = dict(echo["headers"])  # type: ignore[arg-type]
+    pairs = echo["headers"]  # [[name, value], ...]
+    assert isinstance(pairs, list)
+    headers = dict(pairs)
     assert headers["Host"] == f"alpha.{DOMAIN}:{demo.port}"
     assert headers["X-Test"] == "yes"
 
@@ -232,6 +234,7 @@ def test_curl_reuses_one_connection_for_two_requests_to_two_ports_of_a_shed(demo
 def test_the_demo_websocket_echo_answers_through_splice(demo: Demo) -> None:
     with RawClient(demo.port) as c:
         ws = WsClient(c, f"alpha-9000.{DOMAIN}:{demo.port}", "/")
-        for message in ["hello demo", b"\x00\xff" * 1000]:
+        messages: list[str | bytes] = ["hello demo", b"\x00\xff" * 1000]
+        for message in messages:
             assert ws.echo(message) == message
         ws.close()

@@ -113,10 +113,10 @@ def test_post_bodies_interleaved_with_gets_through_a_front_reach_the_right_vm_in
     bodies = [(b"", False), (b"\x00", False), (big, False), (big[::-1], True)]
     plan: list[tuple[str, bytes | None, bool]] = []
     for _round in range(2):
-        for body, chunked in bodies:
+        for payload, chunked in bodies:
             for shed in SHEDS:
                 other = SHEDS[1] if shed == SHEDS[0] else SHEDS[0]
-                plan += [(shed, None, False), (other, body, chunked), (other, None, False)]
+                plan += [(shed, None, False), (other, payload, chunked), (other, None, False)]
     client = Client(front.port)
     try:
         for i, (shed, body, chunked) in enumerate(plan):

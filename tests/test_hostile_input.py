@@ -112,11 +112,11 @@ def _case(rng: random.Random, hellos: list[bytes]) -> tuple[str, int, bytes]:
         head = rng.choice(heads)
         return "truncated head", 0, head[: rng.randint(1, len(head) - 1)]
     if k == 2:
-        head = bytearray(rng.choice(heads))
+        noisy = bytearray(rng.choice(heads))
         for _ in range(rng.randint(1, 3)):
             bad = rng.choice([*range(0, 9), *range(10, 32), 127, 0x80, 0xFF])
-            head.insert(rng.randint(0, len(head) - 4), bad)
-        return "control chars", 0, bytes(head)
+            noisy.insert(rng.randint(0, len(noisy) - 4), bad)
+        return "control chars", 0, bytes(noisy)
     if k == 3:
         size = rng.choice([70_000, 100_000, 300_000])
         return (
@@ -139,10 +139,10 @@ def _case(rng: random.Random, hellos: list[bytes]) -> tuple[str, int, bytes]:
         hello = rng.choice(hellos)
         return "truncated hello", 1, hello[: rng.randint(1, len(hello) - 1)]
     if k == 10:
-        hello = bytearray(rng.choice(hellos))
+        mutated = bytearray(rng.choice(hellos))
         for _ in range(rng.randint(1, 4)):
-            hello[rng.randrange(len(hello))] = rng.randrange(256)
-        return "mutated hello", 1, bytes(hello)
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        return "mutated hello", 1, bytes(mutated)
     return "http to tls", 1, rng.choice(heads)
 
 

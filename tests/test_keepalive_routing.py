@@ -209,7 +209,8 @@ def test_a_websocket_after_plain_requests_on_the_same_connection_echoes(net: Net
         ask(c, get(ALPHA, "/first"))
         ask(c, post(ALPHA, b"some body", "/second", chunked=True))
         ws = WsClient(c, ALPHA)
-        for message in ["one", b"two", "three" * 10_000]:
+        messages: list[str | bytes] = ["one", b"two", "three" * 10_000]
+        for message in messages:
             assert ws.echo(message) == message
         ws.close()
         assert c.closed_by_peer()

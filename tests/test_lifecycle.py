@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hardening_peers import (
@@ -198,7 +199,8 @@ def test_a_config_that_does_not_load_is_refused_and_the_running_one_stays(
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     busy_port = taken.getsockname()[1]
-    bad = {
+    # what: (a config dict or TOML text, what the refusal must name)
+    bad: dict[str, tuple[dict[str, Any] | str, str]] = {
         "an unknown key": (
             dict(config({"gamma": shed_at(gamma)}), max_conections=3),
             "max_conections",

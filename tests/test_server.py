@@ -299,7 +299,8 @@ def test_a_64_mib_body_streamed_both_ways_at_once_arrives_intact(world: World) -
 def test_a_websocket_echo_works_through_splice(world: World) -> None:
     with world.splice.client() as c:
         ws = WsClient(c, ALPHA)
-        for message in ["hello", b"\x00\x01binary", "x" * 200_000, b"y" * 3_000_000]:
+        messages: list[str | bytes] = ["hello", b"\x00\x01binary", "x" * 200_000, b"y" * 3_000_000]
+        for message in messages:
             assert ws.echo(message) == message
         ws.close()
         assert c.closed_by_peer()

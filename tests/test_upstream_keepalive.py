@@ -177,6 +177,11 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def _accepted(vm: FramingVm, n: int) -> Callable[[], bool]:
+    """A ``wait_for`` condition: ``vm`` has accepted ``n`` connections."""
+    return lambda: vm.accepted == n
+
+
 def test_one_vm_connection_serves_every_close_request(
     vm: FramingVm, start_splice: StartSplice
 ) -> None:
@@ -270,7 +275,7 @@ def test_a_response_that_does_not_leave_a_clean_connection_closes_it(
             raw = c.read_to_eof()
         rest = raw.partition(b"\r\n\r\n")[2]
         assert rest == raw_after_head, raw
-        wait_for(lambda n=i + 1: vm.accepted == n, "each request gets a new VM connection")
+        wait_for(_accepted(vm, i + 1), "each request gets a new VM connection")
         vm.wait_done(i)  # and splice closed the old one
 
 

@@ -10,13 +10,14 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import loopback
 import pytest
 
 from splice.io import flow as flow_mod
+from splice.io import native
 from splice.io.flow import BLOCKED, CHUNK, DRAINED, EOF
 from splice.io.native import FastPath
 from splice.io.reactor import EDGE_IN
@@ -43,7 +44,7 @@ class Tunnel(loopback.Rig):
 @pytest.fixture
 def fast(c_fast: FastPath, monkeypatch: pytest.MonkeyPatch) -> FastPath:
     """The C fast path, also as ``Flow``'s (on the interpreted run it has none)."""
-    if flow_mod.FAST is None:
+    if native.FAST is None:
         monkeypatch.setattr(flow_mod, "_tunnel", c_fast.tunnel)
         monkeypatch.setattr(flow_mod, "_untunnel", c_fast.untunnel)
         monkeypatch.setattr(flow_mod, "_taken", c_fast.taken)
@@ -142,7 +143,8 @@ def test_a_full_dst_hands_up_and_keeps_the_refused_bytes_for_the_flow(tunnel: An
     t.fast.tunnel(t.src.fileno(), t.dst.fileno())
     data = os.urandom(1 << 20)
     t.writer.setblocking(False)
-    sent, left = 0, []
+    sent = 0
+    left: list[tuple[int, int]] = []
     deadline = time.monotonic() + 10
     while not left and time.monotonic() < deadline:
         try:
@@ -182,13 +184,14 @@ def test_a_reset_dst_hands_up_and_keeps_the_error_for_the_flow(tunnel: Any) -> N
 
 def test_the_functions_reject_bad_arguments(fast: FastPath) -> None:
     bad: Any = fast
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: bad.poll(1, 2),
         lambda: bad.tunnel(1),
         lambda: bad.untunnel(1),
         lambda: bad.taken(1, 2),
         lambda: bad.tunnel("3", 4),
-    ):
+    )
+    for call in calls:
         with pytest.raises(TypeError):
             call()
     with pytest.raises(ValueError):

@@ -21,7 +21,7 @@ import loopback
 import pytest
 
 from splice.build import build
-from splice.io import flow as flow_mod
+from splice.io import native
 from splice.io.flow import BLOCKED, CHUNK, DONE, DRAINED, EOF
 from splice.io.native import CopyLoop
 
@@ -64,7 +64,7 @@ def rig(loop: CopyLoop | None) -> Iterator[Callable[..., Rig]]:
 
 
 def test_the_build_ships_the_c_loop_exactly_when_compiled() -> None:
-    assert (flow_mod.NATIVE_COPY is not None) == (build() == "mypyc")
+    assert (native.NATIVE_COPY is not None) == (build() == "mypyc")
 
 
 def test_a_message_goes_through_and_a_short_read_means_drained(rig: Callable[..., Rig]) -> None:

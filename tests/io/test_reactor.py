@@ -173,7 +173,7 @@ class Ring(Handler):
         self.stop = False
         #: called with the event count at each event (a test's probe)
         self.probe: Callable[[int], None] = lambda count: None
-        self.done = reactor.loop.create_future()
+        self.done: asyncio.Future[int] = reactor.loop.create_future()
 
     def start(self) -> None:
         for _, b in self.pairs[::2]:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from store_peers import WAIT, Gateway, Origin, proxy_get
@@ -29,7 +30,7 @@ KILL_AT = 64 << 20
 TESTS = Path(__file__).resolve().parent.parent
 
 
-def _start(section: dict[str, object]) -> tuple[subprocess.Popen[str], int]:
+def _start(section: Mapping[str, object]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "store_peers.py"), "gateway", json.dumps(section)],
         stdout=subprocess.PIPE, text=True, cwd=TESTS,

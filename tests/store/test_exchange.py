@@ -290,9 +290,9 @@ def test_proxy_authentication(origin: Origin, gateway: MakeGateway) -> None:
     status, fields, _ = proxy_get(gw.port, url)
     assert status == 407 and fields["Proxy-Authenticate"] == 'Basic realm="splice"'
     wrong = "Basic " + base64.b64encode(b"builder:nope").decode()
-    assert proxy_get(gw.port, url, **{"Proxy-Authorization": wrong})[0] == 407
+    assert proxy_get(gw.port, url, headers={"Proxy-Authorization": wrong})[0] == 407
     right = "Basic " + base64.b64encode(b"builder:s3cret").decode()
-    assert proxy_get(gw.port, url, **{"Proxy-Authorization": right})[0] == 200
+    assert proxy_get(gw.port, url, headers={"Proxy-Authorization": right})[0] == 200
 
 
 @pytest.mark.parametrize("at_flush", [False, True])  # a write fails; the commit's flush fails
@@ -399,7 +399,7 @@ def test_concurrent_requests_with_other_credentials_are_not_merged(
     seen: dict[int, dict[str, str]] = {}
 
     def get(i: int) -> None:
-        status, _, body = proxy_get(gw.port, url, **creds[i])
+        status, _, body = proxy_get(gw.port, url, headers=creds[i])
         assert status == 200
         seen[i] = dict(json.loads(body)["headers"])
 

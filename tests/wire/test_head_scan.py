@@ -90,12 +90,14 @@ def mutated(heads: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
 
 
 Twin = Callable[[bytes | bytearray, int, tuple[bytes, ...]], Any]
+#: the C scanners take any bytes-like object (TestArguments)
+Scanner = Callable[[bytes | bytearray | memoryview, int, tuple[bytes, ...]], Any]
 
 
 class Pair:
     """A C scanner, its regex twin and the names they are called with."""
 
-    def __init__(self, c: Twin, twin: Twin, names: tuple[bytes, ...]) -> None:
+    def __init__(self, c: Scanner, twin: Twin, names: tuple[bytes, ...]) -> None:
         self.c, self.twin, self.names = c, twin, names
 
     def agree(self, data: bytes, max_head: int = http_head.MAX_HEAD) -> None:

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splice.errors import ProtocolError
-from splice.wire import http_head
 from splice.wire.forwarded import _FORWARDED_LINE
 from splice.wire.http_head import MAX_HEAD, Head, parse_head
 
@@ -140,7 +139,7 @@ class TestSlowPath:
         assert e.value.code == "BAD_REQUEST"
 
     def test_a_head_h11_reads_as_no_request_is_400(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(http_head.h11.Connection, "next_event", lambda self: h11.NEED_DATA)
+        monkeypatch.setattr(h11.Connection, "next_event", lambda self: h11.NEED_DATA)
         with pytest.raises(ProtocolError):
             parse_head(b"GET / HTTP/1.1\nHost: a\n\n")
 
