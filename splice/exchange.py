@@ -9,7 +9,10 @@ spliced blind, but ``replay`` refuses it (403 TUNNEL_NOT_REPLAYABLE). The transp
 listeners come with their ``origin``: ``egress-http`` as ``("http", "", port)``, each
 request's Host field naming the host; ``egress-tls`` (intercepted, its ClientHello
 still unread in the socket) as ``("https", sni, port)``, terminated here first. The
-policy runs before every dial (``policy_gate``), its name check before replays too.
+policy runs before every dial (``policy_gate``), its name check before replays too, and
+its address rules on the address a replay's recording came from (``replay_gate``).
+The policy and the users table are the ones in force at each request: a reload holds
+for the open connections too, as it does on the engine's path.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from splice.store.fetch import Incoming, Upstreams, first_field, read_body
 from splice.store.h11io import READ_SIZE, HeadTimeout, HttpStream
 from splice.store.keys import normalise_url, split_absolute
 from splice.store.runtime import StoreRuntime
-from splice.store.serve import AddressGate, Client, NameGate, answer
+from splice.store.serve import AddressGate, Client, NameGate, ReplayGate, UsersNow, answer
 
 if TYPE_CHECKING:
     from splice.context import Context
@@ -92,7 +95,9 @@ async def serve_forward_stream(
     leftover: bytes = b"",
     origin: Origin | None = None,
     name_gate: NameGate | None = None,
+    replay_gate: ReplayGate | None = None,
     users: Mapping[str, str] | None = None,
+    users_now: UsersNow | None = None,
     idle_timeout: float = 600.0,
     head_timeout: float = HEAD_TIMEOUT,
     connect_timeout: float = 5.0,
@@ -102,6 +107,7 @@ async def serve_forward_stream(
     """Serve one client connection until it closes, errs or idles out. Never raises.
 
     ``origin``: a transparent listener's (see the module docstring); None for a proxy.
+    ``users_now``: the users table in force, read at each request (else ``users``).
     ``head_timeout``: each request head must come whole in this long (else 408), as in
     the engine; ``idle_timeout`` bounds every other wait.
     ``access``, ``mode``: each request gets a ``store`` access line, naming the mode.
@@ -115,7 +121,9 @@ async def serve_forward_stream(
         policy_gate=policy_gate,
         client_ip=client_ip,
         name_gate=name_gate,
+        replay_gate=replay_gate,
         users=users or None,
+        users_now=users_now,
         timeout=idle_timeout,
         head_timeout=head_timeout,
         connect_timeout=connect_timeout,
@@ -222,12 +230,14 @@ async def _incoming(cx: Client, req: h11.Request, origin: Origin | None) -> Inco
     elif not origin[1]:  # egress-http: the Host field names the host
         scheme, host, port, path = _transparent(req, origin)
         await _authenticate(cx, req)  # as the engine would: users hold for every mode
-    elif target.startswith(b"/"):
-        (scheme, host, port), path = origin, target.decode("latin-1")
-    else:
-        scheme, host, port, path = split_absolute(target)
-        if (scheme, host, port) != origin:
-            raise ProtocolError("the request names another origin than its tunnel")
+    else:  # a terminated TLS tunnel: its CONNECT proved the user, if any
+        _still_known(cx)
+        if target.startswith(b"/"):
+            (scheme, host, port), path = origin, target.decode("latin-1")
+        else:
+            scheme, host, port, path = split_absolute(target)
+            if (scheme, host, port) != origin:
+                raise ProtocolError("the request names another origin than its tunnel")
     if cx.name_gate is not None:
         cx.name_gate(host, port, cx.client_ip, cx.user)
     return Incoming(
@@ -258,21 +268,35 @@ def _transparent(req: h11.Request, origin: Origin) -> tuple[str, str, int, str]:
 
 
 async def _authenticate(cx: Client, req: h11.Request) -> None:
-    if not cx.users:
+    """Set ``cx.user`` from the request's Proxy-Authorization, against the users table in
+    force (a value proved once is not verified again until a reload changes the table)."""
+    users = cx.user_table()
+    if not users:
+        cx.user = cx.proved = None
         return
     value = first_field(req.headers.raw_items(), b"proxy-authorization")
-    if value is not None and value == cx.proved:
+    if value is not None and value == cx.proved and users is cx.proved_in:
         return
     user = None
     if value is not None:
         # cached, else scrypt (~50 ms of CPU) in a bounded pool: 503 when it is full
-        known = auth_cache.known(cx.users, value)
+        known = auth_cache.known(users, value)
         if known is None:
-            known = await asyncio.shield(auth_cache.verify(cx.users, value))
+            known = await asyncio.shield(auth_cache.verify(users, value))
         user = known or None
     if user is None:
+        cx.user = cx.proved = None
         raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
-    cx.user, cx.proved = user, value
+    cx.user, cx.proved, cx.proved_in = user, value, users
+
+
+def _still_known(cx: Client) -> None:
+    """Inside a terminated tunnel no request carries credentials: the user its CONNECT
+    proved must still be in the users table in force (a reload may have removed it), and
+    a tunnel that had none (egress-tls) is refused once users are required."""
+    users = cx.user_table()
+    if users and (cx.user is None or cx.user not in users):
+        raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
 
 
 async def _connect(cx: Client, req: h11.Request) -> None:
@@ -349,18 +373,45 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, timeout: f
         dst.close()
 
 
-def policy_gates(ctx: Context, policy: ForwardPolicy) -> tuple[NameGate, AddressGate]:
-    """The engine's destination policy (``splice.forward_conn``) as the two gates."""
+def live_policy(ctx: Context, host: str, port: int) -> ForwardPolicy:
+    """The ``[forward]`` table in force now (a reload replaces it)."""
+    policy = ctx.cfg.forward
+    if policy is None:
+        raise RouteError(
+            "The forward policy is gone (reloaded without [forward]).",
+            code="DESTINATION_DENIED",
+            shed=host,
+            port=port,
+        )
+    return policy
+
+
+def policy_gates(ctx: Context) -> tuple[NameGate, AddressGate, ReplayGate]:
+    """The engine's destination policy (``splice.forward_conn``) as the three gates, each
+    reading the policy in force when it is asked."""
     from splice.forward_conn import addresses_now, check_name, pick_address
 
     def name_gate(host: str, port: int, client_ip: str, user: str | None) -> None:
-        check_name(policy, host, port, client_ip, user)
+        check_name(live_policy(ctx, host, port), host, port, client_ip, user)
 
     async def policy_gate(host: str, port: int, client_ip: str, user: str | None) -> str:
+        policy = live_policy(ctx, host, port)
         check_name(policy, host, port, client_ip, user)
         addrs = addresses_now(ctx, policy, host)
         if addrs is None:
             addrs = await ctx.dns.resolve(host)
+            policy = live_policy(ctx, host, port)  # a reload may have come meanwhile
+            check_name(policy, host, port, client_ip, user)
         return pick_address(policy, host, port, addrs, client_ip=client_ip, user=user)
 
-    return name_gate, policy_gate
+    def replay_gate(
+        host: str, port: int, address: str | None, client_ip: str, user: str | None
+    ) -> None:
+        # the address the recording came from; a recording older than that field: what
+        # the name leads to now, when that is known without DNS (offline, it may not be)
+        policy = live_policy(ctx, host, port)
+        addrs = (address,) if address else addresses_now(ctx, policy, host)
+        if addrs is not None:
+            pick_address(policy, host, port, addrs, client_ip=client_ip, user=user)
+
+    return name_gate, policy_gate, replay_gate

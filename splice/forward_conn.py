@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from splice.accesslog import Egress
@@ -98,6 +99,9 @@ class ForwardConn(HttpConn):
             self._hand_over(head)
             return
         self.moving()
+        # this request's own: a refused one must not log the last one's user or dial
+        self.user = self.rule = None
+        self.dst = ""
         try:
             user = self._authenticate(head)
         except _Verify as v:
@@ -124,8 +128,7 @@ class ForwardConn(HttpConn):
         # connection was going (none when it was not REDIRECTed: the Host field's)
         port = self.original[1] if self.original else 0
         origin = ("http", "", port) if self.lc.mode == "egress-http" else None
-        hand_over(self, first_head=head.raw, leftover=bytes(self.inbuf), origin=origin,
-                  users=self.policy.users)  # fmt: skip
+        hand_over(self, first_head=head.raw, leftover=bytes(self.inbuf), origin=origin)
 
     def egress(self) -> Egress:
         return (self.lc.mode, self.user, self.dst, self.rule)
@@ -146,7 +149,8 @@ class ForwardConn(HttpConn):
         split = split_absolute_form(head.target)
         assert split is not None
         host, port = parse_authority(split[0], 80)
-        return host, port, self._origin_form(head, split[0], split[1])
+        # Host names what was checked, not the client's spelling of it
+        return host, port, self._origin_form(head, render_authority(host, port, 80), split[1])
 
     def _intercepted(self, head: Head) -> tuple[str, int, bytes]:
         """egress-http: (host, port, head to send). The host is the absolute-form URL's
@@ -278,12 +282,18 @@ def hand_over(conn: Relay, **serve: Any) -> None:
 
     ctx, fw = conn.ctx, conn.ctx.cfg.forward
     assert ctx.store is not None and fw is not None
-    name_gate, policy_gate = policy_gates(ctx, fw)
+    name_gate, policy_gate, replay_gate = policy_gates(ctx)
+
+    def users_now() -> Mapping[str, str] | None:  # the table in force at each request
+        live = ctx.cfg.forward
+        return None if live is None else live.users
+
     client_ip = conn.peer[0]
     sock = conn.detach()
     task = ctx.reactor.task(
         serve_forward_socket(
             sock, runtime=ctx.store, policy_gate=policy_gate, name_gate=name_gate,
+            replay_gate=replay_gate, users_now=users_now,
             client_ip=client_ip, idle_timeout=ctx.cfg.idle_timeout,
             head_timeout=ctx.cfg.head_timeout,
             connect_timeout=fw.connect_timeout, access=ctx.access, mode=conn.lc.mode, **serve,

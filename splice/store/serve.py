@@ -11,6 +11,7 @@ until the entry commits, so a client holding the whole response can replay it at
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 import time
@@ -33,6 +34,11 @@ from splice.store.runtime import Credentials, StoreRuntime
 AddressGate = Callable[[str, int, str, str | None], Awaitable[str]]
 #: (host, port, client_ip, user) -> None; the name-level policy only (no DNS, no dial)
 NameGate = Callable[[str, int, str, str | None], None]
+#: (host, port, address recorded or None, client_ip, user) -> None: may this user have
+#: what was fetched from that address (the policy's address rules, as a dial's)
+ReplayGate = Callable[[str, int, str | None, str, str | None], None]
+#: the users table in force now (a reload may change it while a connection is open)
+UsersNow = Callable[[], Mapping[str, str] | None]
 Fields = list[tuple[bytes, bytes]]
 log = logging.getLogger("splice.store")
 #: answers to Range / If-None-Match / If-Match style requests (206, 304, 412, 416): they
@@ -51,10 +57,16 @@ class Client:
     policy_gate: AddressGate
     client_ip: str
     name_gate: NameGate | None = None
+    #: checks a hit before it is replayed; None: the name gate alone
+    replay_gate: ReplayGate | None = None
     users: Mapping[str, str] | None = None
+    #: the live users table, read at each request; None: ``users`` holds for good
+    users_now: UsersNow | None = None
     user: str | None = None
-    #: the Proxy-Authorization value that proved ``user`` (scrypt once per connection)
+    #: the Proxy-Authorization value that proved ``user`` (scrypt once per connection),
+    #: and the users table it was proved against
     proved: bytes | None = None
+    proved_in: Mapping[str, str] | None = None
     accept: bytes | None = None
     timeout: float = 600.0
     #: a request head must come whole in this long (408 HEAD_TIMEOUT), as in the engine
@@ -66,6 +78,9 @@ class Client:
     #: where each request's line goes (None: access_log = false), and the listener mode
     access: AccessLog | None = None
     mode: str = "forward"
+
+    def user_table(self) -> Mapping[str, str] | None:
+        return self.users_now() if self.users_now is not None else self.users
 
     async def deliver_head(self, head: h11.Response) -> None:
         """The response head, during a recording (which outlives the client)."""
@@ -127,11 +142,14 @@ async def replay(cx: Client, inc: Incoming, key: str, only: Entry | None = None)
     rep = await cx.rt.open_replay(key)
     if rep is None:
         return False
-    if only is not None and rep.entry.recorded_at != only.recorded_at:
-        cx.rt.close_replay(rep)
-        return False
     try:
         e = rep.entry
+        if only is not None and e.recorded_at != only.recorded_at:
+            return False
+        if e.request.get("credentials", "") != credential_digest(inc):
+            return False  # another user's answer, or one made with other credentials
+        if cx.replay_gate is not None:  # raises: refused as a dial would be
+            cx.replay_gate(inc.host, inc.port, e.request.get("address"), cx.client_ip, cx.user)
         reason = e.reason.encode("latin-1")
         fields = replay_fields(e, inc.method)
         head = h11.Response(status_code=e.status, headers=fields, reason=reason)
@@ -159,6 +177,15 @@ CREDENTIAL_FIELDS = frozenset({b"authorization", b"cookie"})
 def credentials(inc: Incoming) -> Credentials:
     """The request's credential-bearing fields, byte for byte and in order."""
     return tuple((n.lower(), v) for n, v in inc.headers if n.lower() in CREDENTIAL_FIELDS)
+
+
+def credential_digest(inc: Incoming) -> str:
+    """What a recording keeps of the credentials it was made with, and a replay must
+    match: "" for none, else their SHA-256 (a field holds no NUL)."""
+    creds = credentials(inc)
+    if not creds:
+        return ""
+    return hashlib.sha256(b"\0".join(n + b"\0" + v for n, v in creds)).hexdigest()
 
 
 async def record(cx: Client, inc: Incoming, key: str, material: dict[str, Any]) -> str:
@@ -209,7 +236,7 @@ async def _forward(
     keep = rec is not None and resp.status_code not in UNRECORDED
     writer = cx.rt.store.writer() if keep else None
     try:
-        stored = await _relay(cx, inc, up, resp, writer, rec)
+        stored = await _relay(cx, inc, up, resp, writer, rec, addr)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -229,6 +256,7 @@ async def _relay(
     resp: h11.Response,
     writer: BlobWriter | None,
     rec: tuple[str, dict[str, Any]] | None,
+    addr: str,
 ) -> Entry | None:
     """Relay the response; when recording, the head waits for the first body byte and
     the last chunk for the commit, so a client that has it all finds it stored. The
@@ -256,7 +284,7 @@ async def _relay(
         pending = chunk
     stored = None
     if writer is not None and rec is not None and not writer.failed:
-        entry = _entry(inc, resp, fields, *rec)
+        entry = _entry(inc, resp, fields, addr, *rec)
         try:
             await cx.rt.commit(writer, entry)
             stored = entry
@@ -279,8 +307,10 @@ def _stopped(writer: BlobWriter, err: Exception) -> None:
 
 
 def _entry(
-    inc: Incoming, resp: h11.Response, fields: Fields, key: str, material: dict[str, Any]
+    inc: Incoming, resp: h11.Response, fields: Fields, addr: str, key: str, material: dict[str, Any]
 ) -> Entry:
+    """The row of a recording: with the credentials it was made with and the address it
+    came from, which a replay checks as the policy checks a dial."""
     now = time.time()
     return Entry(
         key=key,
@@ -289,7 +319,13 @@ def _entry(
         status=resp.status_code,
         reason=resp.reason.decode("latin-1"),
         headers=tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in fields),
-        request={"match": material, "body_sha256": inc.body_sha256, "body_size": inc.body_size},
+        request={
+            "match": material,
+            "body_sha256": inc.body_sha256,
+            "body_size": inc.body_size,
+            "credentials": credential_digest(inc),
+            "address": addr,
+        },
         blob="",  # filled in by StoreRuntime.commit once the body is hashed
         size=0,
         recorded_at=now,
