@@ -300,7 +300,7 @@ def _still_known(cx: Client) -> None:
 
 
 async def _connect(cx: Client, req: h11.Request) -> None:
-    host, port = parse_authority(req.target, 443)
+    host, port = parse_authority(req.target, None)  # host:port, as the engine asks
     await _authenticate(cx, req)
     if cx.name_gate is not None:
         cx.name_gate(host, port, cx.client_ip, cx.user)

@@ -254,6 +254,16 @@ def test_connect_without_interception_is_spliced(origin: Origin, gateway: MakeGa
     assert gw.dials == [("127.0.0.1", origin.port)]
 
 
+def test_a_connect_without_a_port_is_400_as_in_the_engine(gateway: MakeGateway) -> None:
+    """CONNECT names host:port (RFC 9110 §9.3.6); the store path took 443 and said 200."""
+    gw = gateway("record")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=WAIT) as s:
+        s.sendall(b"CONNECT allowed.test HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 400") and b"X-Shed-Error: INVALID_PORT" in reply, reply
+    assert gw.dials == []
+
+
 def test_partial_and_not_modified_answers_are_not_recorded(
     origin: Origin, gateway: MakeGateway, tmp_path: Path
 ) -> None:
