@@ -122,8 +122,7 @@ async def serve_forward_stream(
         client_ip=client_ip,
         name_gate=name_gate,
         replay_gate=replay_gate,
-        users=users or None,
-        users_now=users_now,
+        users_now=users_now or (lambda: users or None),
         timeout=idle_timeout,
         head_timeout=head_timeout,
         connect_timeout=connect_timeout,
@@ -270,7 +269,7 @@ def _transparent(req: h11.Request, origin: Origin) -> tuple[str, str, int, str]:
 async def _authenticate(cx: Client, req: h11.Request) -> None:
     """Set ``cx.user`` from the request's Proxy-Authorization, against the users table in
     force (a value proved once is not verified again until a reload changes the table)."""
-    users = cx.user_table()
+    users = cx.users_now()
     if not users:
         cx.user = cx.proved = None
         return
@@ -294,7 +293,7 @@ def _still_known(cx: Client) -> None:
     """Inside a terminated tunnel no request carries credentials: the user its CONNECT
     proved must still be in the users table in force (a reload may have removed it), and
     a tunnel that had none (egress-tls) is refused once users are required."""
-    users = cx.user_table()
+    users = cx.users_now()
     if users and (cx.user is None or cx.user not in users):
         raise RouteError("Proxy authentication required.", code="PROXY_AUTH_REQUIRED")
 

@@ -260,19 +260,22 @@ class Supervisor:
             if not w.ready or w.generation >= self.generation:
                 return
             generation = self.generation
-            try:
-                await w.call("reload", CALL_TIMEOUT, config=self.data)
-            except (ChannelClosed, TimeoutError) as e:
-                if w.chan is not None and not w.chan.closed:  # alive, and it said no
-                    log.error(
-                        "worker %d missed a reload and refused it (%s); restarting it",
-                        w.index,
-                        e or type(e).__name__,
-                    )
-                    w.replace(self.grace() + STOP_GRACE)
-                return
-            w.generation = generation
-            log.info("worker %d (pid %d) brought to the reloaded config", w.index, w.pid)
+            if await self._push(w, "missed a reload and could not take it"):
+                w.generation = generation
+                log.info("worker %d (pid %d) brought to the reloaded config", w.index, w.pid)
+
+    async def _push(self, w: WorkerProc, failing: str) -> bool:
+        """Reload ``w`` onto the running config; True once it took it. A live worker that
+        refuses or does not answer is restarted, on that config (``failing`` says when)."""
+        try:
+            await w.call("reload", CALL_TIMEOUT, config=self.data)
+        except (ChannelClosed, TimeoutError) as e:
+            if w.connected:
+                why = e or type(e).__name__
+                log.error("worker %d %s (%s); restarting it", w.index, failing, why)
+                w.replace(self.grace() + STOP_GRACE)
+            return False
+        return True
 
     async def reload(self) -> str | None:
         async with self.reloading:
@@ -303,7 +306,7 @@ class Supervisor:
         for w, r in answers:
             if r is None:
                 w.generation = self.generation
-            elif w.chan is not None and not w.chan.closed:  # alive, and no answer in time
+            elif w.connected:  # alive, and no answer in time
                 log.error("worker %d did not answer the reload; restarting it", w.index)
                 w.replace(self.grace() + STOP_GRACE)
             # else it died: its restart spawns on the config just committed
@@ -312,15 +315,9 @@ class Supervisor:
 
     async def _undo(self, w: WorkerProc) -> None:
         """Put ``w``, which took a reload another worker refused, back on the running
-        config; a worker that cannot be is restarted (on the running config)."""
-        try:
-            await w.call("reload", CALL_TIMEOUT, config=self.data)
-        except (ChannelClosed, TimeoutError) as e:
-            if w.chan is not None and not w.chan.closed:
-                log.error("worker %d could not undo the reload (%s); restarting it", w.index, e)
-                w.replace(self.grace() + STOP_GRACE)
-            return
-        log.info("reload undone in worker %d", w.index)
+        config (restarted on it if it cannot be)."""
+        if await self._push(w, "could not undo the reload"):
+            log.info("reload undone in worker %d", w.index)
 
 
 def supervise(cfg: Config, path: str, *, drain: float | None, log_args: list[str]) -> int:

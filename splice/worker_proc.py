@@ -91,6 +91,11 @@ class WorkerProc:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
 
+    @property
+    def connected(self) -> bool:
+        """Its channel is open: the process is there (its calls may still fail)."""
+        return self.chan is not None and not self.chan.closed
+
     def terminate(self) -> None:
         self.send(signal.SIGTERM)
 

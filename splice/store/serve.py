@@ -59,9 +59,8 @@ class Client:
     name_gate: NameGate | None = None
     #: checks a hit before it is replayed; None: the name gate alone
     replay_gate: ReplayGate | None = None
-    users: Mapping[str, str] | None = None
-    #: the live users table, read at each request; None: ``users`` holds for good
-    users_now: UsersNow | None = None
+    #: the users table in force, read at each request (a reload may change it)
+    users_now: UsersNow = lambda: None
     user: str | None = None
     #: the Proxy-Authorization value that proved ``user`` (scrypt once per connection),
     #: and the users table it was proved against
@@ -78,9 +77,6 @@ class Client:
     #: where each request's line goes (None: access_log = false), and the listener mode
     access: AccessLog | None = None
     mode: str = "forward"
-
-    def user_table(self) -> Mapping[str, str] | None:
-        return self.users_now() if self.users_now is not None else self.users
 
     async def deliver_head(self, head: h11.Response) -> None:
         """The response head, during a recording (which outlives the client)."""
